@@ -1,0 +1,106 @@
+"""The `nag` command line. Errors meant for the user print one line, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+from nag.errors import NagError
+
+
+def _cmd_train_supernet(rest: list[str]) -> int:
+    from training.train_supernet import main as train_main
+
+    return train_main(rest)
+
+
+def _resolve_arch(spec: str, space, seed: int):  # type: ignore[no-untyped-def]
+    from nag.space import Architecture, biggest, sample_uniform, smallest
+
+    if spec == "biggest":
+        return biggest(space)
+    if spec == "smallest":
+        return smallest(space)
+    if spec == "random":
+        return sample_uniform(space, random.Random(seed))
+    path = Path(spec)
+    text = path.read_text() if path.suffix == ".json" and path.is_file() else spec
+    return Architecture.from_json(text, space)
+
+
+def _cmd_export_child(args: argparse.Namespace) -> int:
+    import numpy as np
+    import onnxruntime as ort
+
+    from nag.data import DataSource, load_splits
+    from nag.export import INPUT_NAME, export_onnx
+    from nag.space import count_macs, count_params
+    from nag.supernet import child
+    from nag.supernet.io import load_supernet
+
+    trained = load_supernet(args.supernet)
+    space = trained.supernet.space
+    arch = _resolve_arch(args.arch, space, args.seed)
+    started = time.perf_counter()
+    static = child(trained.supernet, arch, trained.calibration_float)
+    sliced = time.perf_counter()
+    classes = trained.meta.get("classes")
+    meta = {"nag.classes": json.dumps(classes)} if classes else {}
+    data = export_onnx(static, meta)
+    exported = time.perf_counter()
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    print(f"architecture {arch.arch_id}: {arch.to_json()}")
+    print(f"MACs {count_macs(arch, space) / 1e6:.2f} M, params {count_params(arch, space) / 1e3:.1f} k")
+    print(f"slice + BN calibration {1e3 * (sliced - started):.0f} ms, ONNX build {1e3 * (exported - sliced):.0f} ms")
+    print(f"wrote {out} ({len(data) / 1e3:.0f} kB)")
+    if args.verify:
+        splits = load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        correct = 0
+        for start in range(0, len(splits.test), 1000):
+            batch = splits.test.as_float(slice(start, start + 1000)).numpy()
+            logits = session.run(None, {INPUT_NAME: batch})[0]
+            correct += int((np.argmax(logits, 1) == splits.test.labels[start : start + 1000].numpy()).sum())
+        print(f"ONNX Runtime test accuracy: {100.0 * correct / len(splits.test):.2f}% on {len(splits.test)} images")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nag", description="Budget-conditioned architecture generator")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("train-supernet", help="train the elastic supernet (see --help of the subcommand)",
+                   add_help=False)
+    e = sub.add_parser("export-child", help="slice a child out of a trained supernet and write its ONNX model")
+    e.add_argument("--supernet", required=True, help="supernet.pt written by train-supernet")
+    e.add_argument("--arch", default="random", help="biggest, smallest, random, a JSON string or a .json file")
+    e.add_argument("--seed", type=int, default=0, help="seed for --arch random")
+    e.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
+    e.add_argument("--verify", action="store_true", help="measure its accuracy on the test set in ONNX Runtime")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train-supernet":
+        return _cmd_train_supernet(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "export-child":
+            return _cmd_export_child(args)
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Typed configuration: every training knob lives here, and profiles are named sets of them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from nag.data.source import DataSource
+from nag.errors import NagError
+
+MIDDLE_SAMPLERS = ("uniform",)
+# "sandwich" is the BigNAS recipe; the others train one fixed child alone (the standalone baseline).
+TRAIN_MODES = ("sandwich", "biggest-only", "smallest-only")
+
+
+@dataclass(frozen=True)
+class SupernetTrainConfig:
+    """BigNAS supernet training (sandwich rule, in-place distillation, constant-ending LR)."""
+
+    profile: str = "default"
+    epochs: int = 6
+    batch_size: int = 128  # per process
+    train_subset: int | None = None  # train on the first N images of the (shuffled) train split
+    lr: float = 0.2
+    momentum: float = 0.9
+    warmup_steps: int = 300
+    lr_floor: float = 0.05  # the LR stays constant once it has decayed to this fraction of `lr`
+    decay_fraction: float = 0.75  # share of the post-warm-up steps over which the LR decays to the floor
+    weight_decay: float = 4e-5  # applied to the biggest child only
+    label_smoothing: float = 0.1  # for the biggest child, the only one that sees labels
+    num_middle_children: int = 2
+    middle_sampler: str = "uniform"  # hook for attentive sampling
+    train_mode: str = "sandwich"
+    crop_pad: int = 1
+    flip: bool = True
+    val_size: int = 5000
+    calib_size: int = 2000
+    calib_batch: int = 250
+    eval_batch: int = 1000
+    eval_limit: int | None = None  # evaluate on the first N test images only (tests)
+    seed: int = 0
+    data: DataSource = field(default_factory=DataSource)
+    space_path: str | None = None  # None: the packaged default space
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.epochs < 1 or self.batch_size < 2:
+            problems.append("epochs must be >= 1 and batch_size >= 2")
+        if not 0 < self.lr_floor <= 1 or not 0 < self.decay_fraction <= 1:
+            problems.append("lr_floor and decay_fraction must lie in (0, 1]")
+        if self.middle_sampler not in MIDDLE_SAMPLERS:
+            problems.append(f"middle_sampler must be one of {list(MIDDLE_SAMPLERS)}")
+        if self.train_mode not in TRAIN_MODES:
+            problems.append(f"train_mode must be one of {list(TRAIN_MODES)}")
+        if self.num_middle_children < 0 or self.crop_pad < 0:
+            problems.append("num_middle_children and crop_pad must be >= 0")
+        if self.calib_size < self.calib_batch:
+            problems.append("calib_size must be at least calib_batch")
+        if problems:
+            raise NagError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SupernetTrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise NagError(f"unknown training config fields: {sorted(unknown)}")
+        raw = dict(raw)
+        if isinstance(raw.get("data"), dict):
+            raw["data"] = DataSource(**raw["data"])
+        return cls(**raw)
+
+    def with_overrides(self, **overrides: Any) -> SupernetTrainConfig:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+PROFILES: dict[str, SupernetTrainConfig] = {
+    # About two minutes on 2 CPU cores: one pass over 16k images. Good enough to serve, not to ship.
+    "demo": SupernetTrainConfig(profile="demo", epochs=1, train_subset=16_000, warmup_steps=40, calib_size=1000),
+    # The quality run: about 40 minutes on 2 CPU cores.
+    "default": SupernetTrainConfig(profile="default"),
+    # For tests: a handful of steps.
+    "tiny": SupernetTrainConfig(profile="tiny", epochs=1, batch_size=32, train_subset=256, warmup_steps=2,
+                                calib_size=250, calib_batch=125, eval_batch=500, val_size=500,
+                                eval_limit=1000),
+}
+
+
+def profile(name: str) -> SupernetTrainConfig:
+    if name not in PROFILES:
+        raise NagError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,59 @@
+"""Where the data comes from: a typed description that the config and the CLI share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nag.data.datasets import (
+    FASHION_MNIST_DIR,
+    DataSplits,
+    ImageSet,
+    load_fashion_mnist,
+    load_idx_pair,
+    load_image_folder,
+    split_validation,
+)
+from nag.errors import DataNotFoundError
+
+KINDS = ("fashion-mnist", "idx", "folder")
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """`fashion-mnist` (root: the IDX folder), `idx` (root holding train-/t10k- images and labels,
+    gzip or not, as Fashion-MNIST names them) or `folder` (root/train/<class>/*.png and root/test/...)."""
+
+    kind: str = "fashion-mnist"
+    root: str = str(FASHION_MNIST_DIR)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise DataNotFoundError(f"unknown data kind {self.kind!r}; choose one of {list(KINDS)}")
+
+
+def load_splits(source: DataSource, val_size: int, seed: int, image_size: int, channels: int) -> DataSplits:
+    """Train / validation / test splits; validation is a fixed, seeded part of the training files."""
+    root = Path(source.root)
+    train: ImageSet
+    test: ImageSet
+    if source.kind in ("fashion-mnist", "idx"):
+        train, test = load_fashion_mnist(root)
+    else:
+        for part in ("train", "test"):
+            if not (root / part).is_dir():
+                raise DataNotFoundError(f"image folder {root} needs the sub-folders train/ and test/")
+        train = load_image_folder(root / "train", image_size, channels)
+        test = load_image_folder(root / "test", image_size, channels)
+        if train.classes != test.classes:
+            raise DataNotFoundError(f"{root}/train and {root}/test have different class folders")
+    shape = tuple(train.images.shape[1:])
+    if shape != (channels, image_size, image_size):
+        raise DataNotFoundError(
+            f"images are {list(shape)} but the search space expects {[channels, image_size, image_size]}"
+        )
+    train, val = split_validation(train, val_size, seed)
+    return DataSplits(train=train, val=val, test=test)
+
+
+__all__ = ["DataSource", "load_idx_pair", "load_splits"]

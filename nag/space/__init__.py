@@ -1,0 +1,39 @@
+"""Search spaces, architectures and their analytic costs."""
+
+from nag.space.arch import (
+    Architecture,
+    Decision,
+    StageArch,
+    biggest,
+    decisions,
+    from_tokens,
+    mutate,
+    sample_uniform,
+    smallest,
+    to_tokens,
+    validate,
+)
+from nag.space.plan import BlockPlan, ChildPlan, child_plan, count_macs, count_params
+from nag.space.space import SearchSpace, StageSpec, load_space
+
+__all__ = [
+    "Architecture",
+    "BlockPlan",
+    "ChildPlan",
+    "Decision",
+    "SearchSpace",
+    "StageArch",
+    "StageSpec",
+    "biggest",
+    "child_plan",
+    "count_macs",
+    "count_params",
+    "decisions",
+    "from_tokens",
+    "load_space",
+    "mutate",
+    "sample_uniform",
+    "smallest",
+    "to_tokens",
+    "validate",
+]

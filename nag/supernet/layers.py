@@ -1,0 +1,87 @@
+"""Elastic layers: they hold the largest weights and run with a prefix of channels or a cropped kernel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def activation(x: torch.Tensor, name: str) -> torch.Tensor:
+    if name == "relu":
+        return F.relu(x)
+    if name == "hswish":
+        return F.hardswish(x)
+    raise ValueError(f"unknown activation {name!r}")
+
+
+class ElasticConv(nn.Module):
+    """A dense convolution whose output channels are a prefix of `max_out`; input channels follow x."""
+
+    def __init__(self, max_in: int, max_out: int, kernel: int = 1, stride: int = 1, bias: bool = False):
+        super().__init__()
+        self.kernel = kernel
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(max_out, max_in, kernel, kernel))
+        self.bias = nn.Parameter(torch.zeros(max_out)) if bias else None
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor, out_channels: int) -> torch.Tensor:
+        weight = self.weight[:out_channels, : x.shape[1]]
+        bias = None if self.bias is None else self.bias[:out_channels]
+        return F.conv2d(x, weight, bias, self.stride, self.kernel // 2)
+
+
+class ElasticDepthwiseConv(nn.Module):
+    """Depthwise convolution; channels follow x, the kernel is the centre crop of the largest one."""
+
+    def __init__(self, max_channels: int, max_kernel: int, stride: int):
+        super().__init__()
+        self.max_kernel = max_kernel
+        self.stride = stride
+        self.weight = nn.Parameter(torch.empty(max_channels, 1, max_kernel, max_kernel))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+
+    def active_weight(self, channels: int, kernel: int) -> torch.Tensor:
+        start = (self.max_kernel - kernel) // 2
+        return self.weight[:channels, :, start : start + kernel, start : start + kernel]
+
+    def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
+        return F.conv2d(x, self.active_weight(x.shape[1], kernel), None, self.stride, kernel // 2, 1, x.shape[1])
+
+
+class ElasticBatchNorm(nn.Module):
+    """BatchNorm over a prefix of channels.
+
+    Training uses batch statistics and accumulates nothing (BigNAS: statistics are ill-defined
+    across children). Calibration (`accumulate=True` in train mode) accumulates a cumulative average
+    into the running statistics of the active prefix, exactly as `nn.BatchNorm2d(momentum=None)`.
+    """
+
+    def __init__(self, max_channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(max_channels))
+        self.bias = nn.Parameter(torch.zeros(max_channels))
+        self.register_buffer("running_mean", torch.zeros(max_channels))
+        self.register_buffer("running_var", torch.ones(max_channels))
+        self.accumulate = False
+        self.batches_seen = 0
+
+    def reset_running_stats(self) -> None:
+        self.running_mean.zero_()
+        self.running_var.fill_(1.0)
+        self.batches_seen = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1]
+        weight, bias = self.weight[:c], self.bias[:c]
+        if not self.training:
+            return F.batch_norm(x, self.running_mean[:c], self.running_var[:c], weight, bias, False, 0.0, self.eps)
+        if not self.accumulate:
+            return F.batch_norm(x, None, None, weight, bias, True, 0.0, self.eps)
+        self.batches_seen += 1
+        # Prefix slices of 1-D buffers are views, so batch_norm updates the buffers in place.
+        return F.batch_norm(
+            x, self.running_mean[:c], self.running_var[:c], weight, bias, True, 1.0 / self.batches_seen, self.eps
+        )

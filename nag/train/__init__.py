@@ -1,0 +1,1 @@
+"""Building blocks of supernet training: the LR schedule, child sampling and the sandwich objective."""

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from nag.data import DataSource, DataSplits, load_splits
+from nag.space import SearchSpace, load_space
+from nag.supernet import Supernet
+
+
+@pytest.fixture(scope="session")
+def space() -> SearchSpace:
+    return load_space()
+
+
+@pytest.fixture(scope="session")
+def splits(space: SearchSpace) -> DataSplits:
+    return load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
+
+
+@pytest.fixture()
+def perturbed_supernet(space: SearchSpace) -> Supernet:
+    """A supernet whose BN gammas are not zero, so every block contributes to the output."""
+    torch.manual_seed(0)
+    net = Supernet(space)
+    with torch.no_grad():
+        for bn in net.batchnorms():
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return net
+
+
+@pytest.fixture()
+def rng() -> random.Random:
+    return random.Random(1234)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from nag.space import biggest, sample_uniform, smallest
+from nag.supernet import Supernet, calibrate_bn, child, extract_child
+
+
+def test_child_equals_supernet_after_calibration(space, perturbed_supernet: Supernet, rng: random.Random) -> None:
+    calib = torch.rand(500, 1, 28, 28)
+    x = torch.rand(16, 1, 28, 28)
+    archs = [biggest(space), smallest(space)] + [sample_uniform(space, rng) for _ in range(30)]
+    for arch in archs:
+        perturbed_supernet.calibrate(arch, calib)
+        perturbed_supernet.eval()
+        with torch.no_grad():
+            expected = perturbed_supernet(x, arch)
+            got = child(perturbed_supernet, arch, calib)(x)
+        assert got.shape == (16, space.num_classes)
+        assert (expected - got).abs().max().item() <= 1e-5, arch.to_json()
+
+
+def test_children_differ_and_calibration_changes_statistics(space, perturbed_supernet: Supernet) -> None:
+    calib = torch.rand(250, 1, 28, 28)
+    x = torch.rand(4, 1, 28, 28)
+    big = child(perturbed_supernet, biggest(space), calib)
+    small = child(perturbed_supernet, smallest(space), calib)
+    with torch.no_grad():
+        assert not torch.allclose(big(x), small(x))
+    uncalibrated = extract_child(perturbed_supernet, smallest(space))
+    assert torch.allclose(uncalibrated.stem_bn.running_var, torch.ones_like(uncalibrated.stem_bn.running_var))
+    assert not torch.allclose(small.stem_bn.running_var, torch.ones_like(small.stem_bn.running_var))
+
+
+def test_calibration_is_a_cumulative_average(space, perturbed_supernet: Supernet) -> None:
+    """Two calibration batches give the same statistics as the mean of two separate calibrations."""
+    a, b = torch.rand(100, 1, 28, 28), torch.rand(100, 1, 28, 28) * 0.5
+    arch = smallest(space)
+    both = calibrate_bn(extract_child(perturbed_supernet, arch), torch.cat([a, b]), batch_size=100)
+    only_a = calibrate_bn(extract_child(perturbed_supernet, arch), a, batch_size=100)
+    only_b = calibrate_bn(extract_child(perturbed_supernet, arch), b, batch_size=100)
+    mean = (only_a.stem_bn.running_mean + only_b.stem_bn.running_mean) / 2
+    assert torch.allclose(both.stem_bn.running_mean, mean, atol=1e-6)
+
+
+def test_biggest_child_trains_every_weight(space) -> None:
+    net = Supernet(space)
+    x = torch.rand(4, 1, 28, 28)
+    F.cross_entropy(net(x, biggest(space), dropout=True), torch.tensor([0, 1, 2, 3])).backward()
+    missing = [name for name, p in net.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_small_child_leaves_unused_weights_untouched(space, perturbed_supernet: Supernet) -> None:
+    net = perturbed_supernet
+    x = torch.rand(4, 1, 28, 28)
+    arch = smallest(space)
+    F.cross_entropy(net(x, arch), torch.tensor([0, 1, 2, 3])).backward()
+    # The deepest layers of every stage are skipped by the smallest child.
+    assert net.stages[1][3].expand.weight.grad is None
+    # Only the centre 3x3 of the first depthwise kernel receives a gradient.
+    grad = net.stages[0][0].depthwise.weight.grad
+    assert grad is not None and grad[:, :, 0].abs().sum() == 0 and grad[:, :, 3, 3].abs().sum() > 0
+
+
+def test_zero_init_residual_makes_blocks_start_as_shortcuts(space) -> None:
+    net = Supernet(space)
+    assert all(float(layer.project_bn.weight.detach().abs().sum()) == 0 for stage in net.stages for layer in stage)
+
+
+def test_training_does_not_touch_running_statistics(space) -> None:
+    net = Supernet(space).train()
+    before = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+    net(torch.rand(8, 1, 28, 28), biggest(space))
+    after = net.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+
+
+def test_supernet_runs_channels_last(space) -> None:
+    net = Supernet(space)
+    assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)

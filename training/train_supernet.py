@@ -1,0 +1,316 @@
+"""Train the elastic supernet with the BigNAS recipe.
+
+    python -m training.train_supernet --profile demo --out runs/demo
+    torchrun --nproc-per-node 2 -m training.train_supernet --profile tiny --out runs/ddp
+
+Every step is reproducible from (seed, step) alone: the data order of an epoch, the augmentation, the
+children and dropout are all seeded from them, so `--resume` continues bit-for-bit, and every DDP
+rank samples the same children. Checkpoints are written atomically every epoch and on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from nag.artifacts import load_artifact, save_artifact
+from nag.config import SupernetTrainConfig, profile
+from nag.data import DataSplits, load_splits, random_crop_flip
+from nag.errors import CheckpointError, NagError
+from nag.space import biggest, load_space, smallest
+from nag.space.space import SearchSpace
+from nag.supernet.evaluate import child_accuracy
+from nag.supernet.io import save_supernet
+from nag.supernet.model import Supernet
+from nag.train.sandwich import MIDDLE_SAMPLERS, SandwichObjective, sandwich_children
+from nag.train.schedule import lr_at
+
+log = logging.getLogger("nag.train")
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Distributed:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return Distributed()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def step_seed(cfg: SupernetTrainConfig, step: int, stream: int) -> int:
+    return (cfg.seed * 1_000_003 + step) * 4 + stream
+
+
+def epoch_order(cfg: SupernetTrainConfig, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+
+
+class StopRequested:
+    """Set by SIGTERM/SIGINT; the loop finishes its step, checkpoints and exits."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.flag = True
+
+
+class SupernetTrainer:
+    def __init__(self, cfg: SupernetTrainConfig, out: Path, dist_info: Distributed):
+        self.cfg = cfg
+        self.out = out
+        self.dist = dist_info
+        self.space: SearchSpace = load_space(cfg.space_path)
+        self.splits: DataSplits = load_splits(cfg.data, cfg.val_size, cfg.seed, self.space.input.size,
+                                              self.space.input.channels)
+        train = self.splits.train
+        if cfg.train_subset is not None:
+            train = train.subset(epoch_order(cfg, -1, len(train))[: cfg.train_subset].sort().values)
+        self.train = train
+        calib_index = epoch_order(cfg, -2, len(self.splits.train))[: cfg.calib_size].sort().values
+        self.calibration_images = self.splits.train.images[calib_index].clone()
+        torch.manual_seed(cfg.seed)
+        self.supernet = Supernet(self.space)
+        self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay)
+        self.model: torch.nn.Module = (
+            DistributedDataParallel(self.objective) if dist_info.world > 1 else self.objective
+        )
+        self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        self.steps_per_epoch = len(self.train) // (cfg.batch_size * dist_info.world)
+        if self.steps_per_epoch < 1:
+            raise NagError(f"{len(self.train)} training images are fewer than one global batch")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.step = 0
+        self.sampler = MIDDLE_SAMPLERS[cfg.middle_sampler]
+        self.children_seen: list[list[str]] = []  # arch ids per step of this run (for replica checks)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        save_artifact(
+            self.checkpoint_path,
+            {
+                "kind": "checkpoint",
+                "format": CHECKPOINT_FORMAT,
+                "config": self.cfg.to_json(),
+                "world": self.dist.world,
+                "step": self.step,
+                "model": self.supernet.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+            },
+        )
+        log.info("checkpoint written at step %d to %s", self.step, self.checkpoint_path)
+
+    def load_checkpoint(self) -> None:
+        payload = load_artifact(self.checkpoint_path, "checkpoint")
+        if payload.get("kind") != "checkpoint" or payload.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{self.checkpoint_path} is not a training checkpoint of format {CHECKPOINT_FORMAT}")
+        saved = SupernetTrainConfig.from_dict(json.loads(payload["config"]))
+        if saved != self.cfg or payload["world"] != self.dist.world:
+            raise CheckpointError(
+                f"{self.checkpoint_path} was written with another config or world size; "
+                "resume with the same profile and overrides, or start afresh in another --out"
+            )
+        self.supernet.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
+
+    # -- one step -------------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, within = divmod(step, self.steps_per_epoch)
+        order = epoch_order(self.cfg, epoch, len(self.train))
+        start = (within * self.dist.world + self.dist.rank) * self.cfg.batch_size
+        index = order[start : start + self.cfg.batch_size]
+        gen = torch.Generator().manual_seed(step_seed(self.cfg, step, 0) * 64 + self.dist.rank)
+        images = random_crop_flip(self.train.images[index], self.cfg.crop_pad, self.cfg.flip, gen)
+        return images, self.train.labels[index]
+
+    def train_step(self) -> float:
+        cfg = self.cfg
+        images, labels = self.batch(self.step)
+        if cfg.train_mode == "biggest-only":
+            children = [biggest(self.space)]
+        elif cfg.train_mode == "smallest-only":
+            children = [smallest(self.space)]
+        else:
+            children = sandwich_children(self.space, random.Random(step_seed(cfg, self.step, 1)),
+                                         cfg.num_middle_children, self.sampler)
+        if self.dist.world > 1:
+            self.children_seen.append([a.arch_id for a in children])
+        torch.manual_seed(step_seed(cfg, self.step, 2) * 64 + self.dist.rank)  # dropout
+        lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup_steps, cfg.lr_floor, cfg.decay_fraction)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.supernet.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.model(images, labels, children)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        calib = self.calibration_images.float().div_(255.0)
+        test = self.splits.test
+        if self.cfg.eval_limit is not None:
+            test = test.subset(torch.arange(min(self.cfg.eval_limit, len(test))))
+        result = {}
+        for name, arch in (("biggest", biggest(self.space)), ("smallest", smallest(self.space))):
+            result[f"test_acc_{name}"] = round(
+                child_accuracy(self.supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch), 3
+            )
+        self.supernet.train()
+        return result
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, resume: bool) -> int:
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and self.checkpoint_path.exists():
+            self.load_checkpoint()
+        elif resume:
+            log.info("no checkpoint at %s; starting from step 0", self.checkpoint_path)
+        stop = StopRequested()
+        log_path = self.out / "log.jsonl"
+        started = time.perf_counter()
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"supernet[{self.cfg.profile}]",
+                   disable=not self.dist.is_main, unit="step", dynamic_ncols=True)
+        loss_sum, loss_count = 0.0, 0
+        last_eval: dict[str, float] = {}
+        while self.step < self.total_steps:
+            loss_sum += self.train_step()
+            loss_count += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / loss_count:.3f}")
+            if self.dist.world > 1:
+                flag = torch.tensor([1.0 if stop.flag else 0.0])
+                dist.all_reduce(flag)
+                stop.flag = bool(flag.item())
+            if stop.flag:
+                self.save_checkpoint()
+                bar.close()
+                log.warning("stopped by a signal at step %d; continue with --resume", self.step)
+                return 143
+            if self.step % self.steps_per_epoch == 0:
+                self.save_checkpoint()
+                if self.dist.is_main:
+                    record = {
+                        "epoch": self.step // self.steps_per_epoch,
+                        "step": self.step,
+                        "lr": self.optimizer.param_groups[0]["lr"],
+                        "train_loss": round(loss_sum / max(1, loss_count), 4),
+                        "elapsed_s": round(time.perf_counter() - started, 1),
+                    }
+                    last_eval = self.evaluate()
+                    record.update(last_eval)
+                    with log_path.open("a") as fh:
+                        fh.write(json.dumps(record) + "\n")
+                    log.info("epoch %s", record)
+                loss_sum, loss_count = 0.0, 0
+        bar.close()
+        if self.dist.world > 1:
+            self.write_replica_digest()
+        if self.dist.is_main:
+            self.finish(time.perf_counter() - started, last_eval or self.evaluate())
+        return 0
+
+    def write_replica_digest(self) -> None:
+        """Each DDP rank records a hash of its weights and of the children it trained, to compare replicas."""
+        weights = hashlib.sha256()
+        for name, tensor in sorted(self.supernet.state_dict().items()):
+            weights.update(name.encode())
+            weights.update(tensor.detach().contiguous().numpy().tobytes())
+        record = {"rank": self.dist.rank, "step": self.step, "weights_sha256": weights.hexdigest(),
+                  "children": self.children_seen}
+        (self.out / f"replica_{self.dist.rank}.json").write_text(json.dumps(record) + "\n")
+
+    def finish(self, elapsed: float, final_eval: dict[str, float]) -> None:
+        summary = {"profile": self.cfg.profile, "steps": self.step, "train_seconds_this_run": round(elapsed, 1),
+                   "world": self.dist.world, **final_eval}
+        save_supernet(self.out / "supernet.pt", self.supernet, self.calibration_images,
+                      {"config": self.cfg.to_dict(), "summary": summary, "classes": list(self.splits.classes)})
+        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        log.info("supernet written to %s: %s", self.out / "supernet.pt", summary)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nag train-supernet", description=__doc__.split("\n")[1])
+    p.add_argument("--profile", default="default", help="demo, default or tiny")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--train-subset", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--train-mode", choices=["sandwich", "biggest-only", "smallest-only"],
+                   help="sandwich (BigNAS) or one fixed child trained alone (baseline)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")
+    p.add_argument("--space", dest="space_path", help="search space JSON (default: the packaged one)")
+    p.add_argument("--data-kind", choices=["fashion-mnist", "idx", "folder"])
+    p.add_argument("--data-root", help="folder of the data set")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
+    cfg = profile(args.profile).with_overrides(epochs=args.epochs, train_subset=args.train_subset, seed=args.seed,
+                                               space_path=args.space_path, train_mode=args.train_mode)
+    if args.data_kind or args.data_root:
+        from nag.data import DataSource
+
+        base = cfg.data
+        cfg = cfg.with_overrides(data=DataSource(args.data_kind or base.kind, args.data_root or base.root))
+    return cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+        dist_info = setup_distributed()
+        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // dist_info.world))
+        out = args.out or Path("runs") / cfg.profile
+        code = SupernetTrainer(cfg, out, dist_info).run(args.resume)
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
