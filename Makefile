@@ -6,7 +6,7 @@ RUN_DIR ?= runs/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test lint train-supernet demo bench-supernet clean
+.PHONY: setup data test lint train-supernet demo bench-supernet bench-standalone clean
 
 setup: .venv/.installed data
 
@@ -43,6 +43,10 @@ demo: setup $(RUN_DIR)/supernet.pt
 bench-supernet: setup
 	$(PY) -m benchmarks.supernet_frontier --supernet bundles/default/supernet.pt
 	$(PY) -m benchmarks.train_throughput
+
+# About 30 minutes: the biggest and smallest children trained alone for the default profile's epochs.
+bench-standalone: setup
+	$(PY) -m benchmarks.supernet_vs_standalone --supernet bundles/default/supernet.pt --profile default
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from nag.errors import NagError
+from nag.space import Architecture, SearchSpace
 
 
 def _cmd_train_supernet(rest: list[str]) -> int:
@@ -18,8 +19,8 @@ def _cmd_train_supernet(rest: list[str]) -> int:
     return train_main(rest)
 
 
-def _resolve_arch(spec: str, space, seed: int):  # type: ignore[no-untyped-def]
-    from nag.space import Architecture, biggest, sample_uniform, smallest
+def _resolve_arch(spec: str, space: SearchSpace, seed: int) -> Architecture:
+    from nag.space import biggest, sample_uniform, smallest
 
     if spec == "biggest":
         return biggest(space)

@@ -122,3 +122,13 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(NagError, match="unknown training config fields"):
         SupernetTrainConfig.from_dict({"epochz": 3})
     assert SupernetTrainConfig.from_dict(profile("demo").to_dict()) == profile("demo")
+
+
+def test_standalone_mode_trains_and_reports_one_child(tmp_path: Path) -> None:
+    trainer = SupernetTrainer(profile("tiny").with_overrides(train_mode="smallest-only"), tmp_path, Distributed())
+    before = trainer.supernet.stages[3][3].expand.weight.detach().clone()
+    trainer.train_step()
+    # Weights the smallest child never uses only feel weight decay's pull towards zero, no data gradient.
+    after = trainer.supernet.stages[3][3].expand.weight.detach()
+    assert torch.all(after.abs() <= before.abs())
+    assert set(trainer.evaluate()) == {"test_acc_smallest"}

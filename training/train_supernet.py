@@ -188,8 +188,11 @@ class SupernetTrainer:
         test = self.splits.test
         if self.cfg.eval_limit is not None:
             test = test.subset(torch.arange(min(self.cfg.eval_limit, len(test))))
+        children = {"biggest": biggest(self.space), "smallest": smallest(self.space)}
+        if self.cfg.train_mode != "sandwich":  # a standalone run trains, and reports, one child only
+            children = {k: v for k, v in children.items() if self.cfg.train_mode.startswith(k)}
         result = {}
-        for name, arch in (("biggest", biggest(self.space)), ("smallest", smallest(self.space))):
+        for name, arch in children.items():
             result[f"test_acc_{name}"] = round(
                 child_accuracy(self.supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch), 3
             )
