@@ -13,7 +13,7 @@ import time
 from tqdm import tqdm
 
 from benchmarks.results_io import RESULTS, machine, markdown_table, spearman, write_results
-from nag.data import DataSource, load_splits
+from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.space import biggest, count_macs, count_params, sample_uniform, smallest
 from nag.supernet.evaluate import child_accuracy
@@ -33,14 +33,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     space = trained.supernet.space
-    splits = load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
+    test_set = load_test_set(DataSource(), space.input.size, space.input.channels)
     rng = random.Random(args.seed)
     archs = [("smallest", smallest(space)), ("biggest", biggest(space))]
     archs += [(f"random{i}", sample_uniform(space, rng)) for i in range(args.children)]
     rows = []
     started = time.perf_counter()
     for name, arch in tqdm(archs, desc="children"):
-        acc = child_accuracy(trained.supernet, arch, trained.calibration_float, splits.test)
+        acc = child_accuracy(trained.supernet, arch, trained.calibration_float, test_set)
         rows.append({"name": name, "arch_id": arch.arch_id, "resolution": arch.resolution,
                      "mmacs": round(count_macs(arch, space) / 1e6, 3),
                      "kparams": round(count_params(arch, space) / 1e3, 1), "test_acc": round(acc, 2),

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from benchmarks.results_io import machine, markdown_table, write_results
-from nag.data import DataSource, load_splits
+from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.space import biggest, count_macs, smallest
 from nag.supernet.evaluate import child_accuracy
@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: standalone training of the {name} child failed; see {log}", file=sys.stderr)
             return 1
     wall = time.perf_counter() - started
-    splits = load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
+    test_set = load_test_set(DataSource(), space.input.size, space.input.channels)
     rows, data = [], {}
     for name, arch in (("biggest", biggest(space)), ("smallest", smallest(space))):
         standalone = json.loads((args.work / name / "summary.json").read_text())
         alone = standalone[f"test_acc_{name}"]
-        sliced = round(child_accuracy(trained.supernet, arch, trained.calibration_float, splits.test), 2)
+        sliced = round(child_accuracy(trained.supernet, arch, trained.calibration_float, test_set), 2)
         data[name] = {"mmacs": round(count_macs(arch, space) / 1e6, 3), "standalone_test_acc": alone,
                       "supernet_test_acc": sliced, "difference_points": round(sliced - alone, 2),
                       "standalone_train_seconds": standalone["train_seconds_this_run"]}

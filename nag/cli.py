@@ -34,13 +34,14 @@ def _resolve_arch(spec: str, space: SearchSpace, seed: int) -> Architecture:
 
 
 def _cmd_export_child(args: argparse.Namespace) -> int:
-    import numpy as np
     import onnxruntime as ort
+    import torch
 
-    from nag.data import DataSource, load_splits
+    from nag.data import DataSource, load_test_set
     from nag.export import INPUT_NAME, export_onnx
     from nag.space import count_macs, count_params
     from nag.supernet import child
+    from nag.supernet.evaluate import accuracy
     from nag.supernet.io import load_supernet
 
     trained = load_supernet(args.supernet)
@@ -61,14 +62,10 @@ def _cmd_export_child(args: argparse.Namespace) -> int:
     print(f"slice + BN calibration {1e3 * (sliced - started):.0f} ms, ONNX build {1e3 * (exported - sliced):.0f} ms")
     print(f"wrote {out} ({len(data) / 1e3:.0f} kB)")
     if args.verify:
-        splits = load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
+        test_set = load_test_set(DataSource(), space.input.size, space.input.channels)
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        correct = 0
-        for start in range(0, len(splits.test), 1000):
-            batch = splits.test.as_float(slice(start, start + 1000)).numpy()
-            logits = session.run(None, {INPUT_NAME: batch})[0]
-            correct += int((np.argmax(logits, 1) == splits.test.labels[start : start + 1000].numpy()).sum())
-        print(f"ONNX Runtime test accuracy: {100.0 * correct / len(splits.test):.2f}% on {len(splits.test)} images")
+        acc = accuracy(lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0]), test_set)
+        print(f"ONNX Runtime test accuracy: {acc:.2f}% on {len(test_set)} images")
     return 0
 
 

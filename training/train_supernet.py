@@ -32,7 +32,7 @@ from nag.artifacts import load_artifact, save_artifact
 from nag.config import SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
-from nag.space import biggest, load_space, smallest
+from nag.space import Architecture, biggest, load_space, smallest
 from nag.space.space import SearchSpace
 from nag.supernet.evaluate import child_accuracy
 from nag.supernet.io import save_supernet
@@ -109,6 +109,9 @@ class SupernetTrainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
         self.sampler = MIDDLE_SAMPLERS[cfg.middle_sampler]
+        # Standalone baselines train one fixed child instead of the sandwich.
+        fixed = {"biggest-only": ("biggest", biggest), "smallest-only": ("smallest", smallest)}.get(cfg.train_mode)
+        self.fixed_child: tuple[str, Architecture] | None = None if fixed is None else (fixed[0], fixed[1](self.space))
         self.children_seen: list[list[str]] = []  # arch ids per step of this run (for replica checks)
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -161,10 +164,8 @@ class SupernetTrainer:
     def train_step(self) -> float:
         cfg = self.cfg
         images, labels = self.batch(self.step)
-        if cfg.train_mode == "biggest-only":
-            children = [biggest(self.space)]
-        elif cfg.train_mode == "smallest-only":
-            children = [smallest(self.space)]
+        if self.fixed_child is not None:
+            children = [self.fixed_child[1]]
         else:
             children = sandwich_children(self.space, random.Random(step_seed(cfg, self.step, 1)),
                                          cfg.num_middle_children, self.sampler)
@@ -188,9 +189,8 @@ class SupernetTrainer:
         test = self.splits.test
         if self.cfg.eval_limit is not None:
             test = test.subset(torch.arange(min(self.cfg.eval_limit, len(test))))
-        children = {"biggest": biggest(self.space), "smallest": smallest(self.space)}
-        if self.cfg.train_mode != "sandwich":  # a standalone run trains, and reports, one child only
-            children = {k: v for k, v in children.items() if self.cfg.train_mode.startswith(k)}
+        children = (dict([self.fixed_child]) if self.fixed_child is not None
+                    else {"biggest": biggest(self.space), "smallest": smallest(self.space)})
         result = {}
         for name, arch in children.items():
             result[f"test_acc_{name}"] = round(

@@ -11,7 +11,7 @@ from nag.data.datasets import (
     read_idx,
     split_validation,
 )
-from nag.data.source import DataSource, load_splits
+from nag.data.source import DataSource, load_splits, load_test_set
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -22,6 +22,7 @@ __all__ = [
     "load_idx_pair",
     "load_image_folder",
     "load_splits",
+    "load_test_set",
     "random_crop_flip",
     "read_idx",
     "split_validation",

@@ -32,8 +32,7 @@ class DataSource:
             raise DataNotFoundError(f"unknown data kind {self.kind!r}; choose one of {list(KINDS)}")
 
 
-def load_splits(source: DataSource, val_size: int, seed: int, image_size: int, channels: int) -> DataSplits:
-    """Train / validation / test splits; validation is a fixed, seeded part of the training files."""
+def _load_train_test(source: DataSource, image_size: int, channels: int) -> tuple[ImageSet, ImageSet]:
     root = Path(source.root)
     train: ImageSet
     test: ImageSet
@@ -52,8 +51,19 @@ def load_splits(source: DataSource, val_size: int, seed: int, image_size: int, c
         raise DataNotFoundError(
             f"images are {list(shape)} but the search space expects {[channels, image_size, image_size]}"
         )
+    return train, test
+
+
+def load_splits(source: DataSource, val_size: int, seed: int, image_size: int, channels: int) -> DataSplits:
+    """Train / validation / test splits; validation is a fixed, seeded part of the training files."""
+    train, test = _load_train_test(source, image_size, channels)
     train, val = split_validation(train, val_size, seed)
     return DataSplits(train=train, val=val, test=test)
 
 
-__all__ = ["DataSource", "load_idx_pair", "load_splits"]
+def load_test_set(source: DataSource, image_size: int, channels: int) -> ImageSet:
+    """The test set alone, for final reports."""
+    return _load_train_test(source, image_size, channels)[1]
+
+
+__all__ = ["DataSource", "load_idx_pair", "load_splits", "load_test_set"]
