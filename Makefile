@@ -6,7 +6,7 @@ RUN_DIR ?= runs/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test lint train-supernet demo bench-supernet bench-standalone clean
+.PHONY: setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
 
 setup: .venv/.installed data
 
@@ -33,6 +33,11 @@ lint: setup
 train-supernet: setup
 	$(PY) -m training.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
 
+DEVICE ?= cpu
+BUNDLE ?= bundles/default
+profile-device: setup
+	$(PY) -m nag.cli profile-device --device $(DEVICE) --bundle $(BUNDLE)
+
 $(RUN_DIR)/supernet.pt:
 	$(MAKE) train-supernet PROFILE=$(PROFILE) RUN_DIR=$(RUN_DIR)
 
@@ -47,6 +52,10 @@ bench-supernet: setup
 # About 30 minutes: the biggest and smallest children trained alone for the default profile's epochs.
 bench-standalone: setup
 	$(PY) -m benchmarks.supernet_vs_standalone --supernet bundles/default/supernet.pt --profile default
+
+# Latency measurement noise, predictor accuracy (PNG) and predictor throughput for one device.
+bench-latency: setup
+	$(PY) -m benchmarks.measure_latency --bundle $(BUNDLE) --device $(DEVICE)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -69,6 +69,47 @@ def _cmd_export_child(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profile_device(args: argparse.Namespace) -> int:
+    import logging
+
+    from nag.cost.device import DeviceProfile, packaged_profile
+    from nag.cost.profiling import profile_device
+    from nag.cost.store import PROFILE_FILE, device_dir
+    from nag.space import load_space
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    space = load_space(args.space)
+    in_bundle = device_dir(args.bundle, args.device) / PROFILE_FILE
+    if args.profile_file:
+        profile = DeviceProfile.load(args.profile_file)
+        if profile.name != args.device:
+            print(f"error: {args.profile_file} describes device {profile.name!r}, not {args.device!r}",
+                  file=sys.stderr)
+            return 2
+    elif in_bundle.is_file():
+        profile = DeviceProfile.load(in_bundle)
+    else:
+        profile = packaged_profile(args.device)
+    started = time.perf_counter()
+    report = profile_device(args.bundle, space, profile, num_archs=args.archs, seed=args.seed)
+    folder = device_dir(args.bundle, profile.name)
+    if report.predictor is None:
+        print(f"device {profile.name}: analytic cost ({profile.unit}); nothing to measure. Wrote {folder}")
+        return 0
+    held = report.holdout["predictor"]
+    base = report.holdout["macs_linear_baseline"]
+    print(f"device {profile.name}: {report.measurements} architectures measured "
+          f"({report.unstable} flagged unstable and left out) in {time.perf_counter() - started:.0f} s")
+    print(f"held-out ({held['n']} architectures): {100 * held['within_10pct']:.1f}% within ±10%, "
+          f"mean |error| {100 * held['mean_abs_rel_error']:.1f}%, RMSE {held['rmse']:.4f} {profile.unit}, "
+          f"Kendall tau {held['kendall_tau']:.3f}")
+    print(f"  MACs-only baseline: {100 * base['within_10pct']:.1f}% within ±10%, "
+          f"Kendall tau {base['kendall_tau']:.3f}")
+    lo, hi = report.predictor.latency_range
+    print(f"latency range {lo:.3f}-{hi:.3f} {profile.unit}; wrote {folder}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nag", description="Budget-conditioned architecture generator")
     sub = p.add_subparsers(dest="command", required=True)
@@ -80,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0, help="seed for --arch random")
     e.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
     e.add_argument("--verify", action="store_true", help="measure its accuracy on the test set in ONNX Runtime")
+    d = sub.add_parser("profile-device", help="measure a device's latencies and fit its latency predictor")
+    d.add_argument("--device", default="cpu", help="device name (a packaged profile: cpu, flops; or --profile-file)")
+    d.add_argument("--bundle", default="bundles/default", help="bundle directory; writes devices/<name>/ in it")
+    d.add_argument("--profile-file", help="a device profile JSON for a new device")
+    d.add_argument("--space", help="search-space JSON (default: the packaged default space)")
+    d.add_argument("--archs", type=int, default=400, help="architectures to measure (stratified over MACs)")
+    d.add_argument("--seed", type=int, default=0)
     return p
 
 
@@ -91,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export-child":
             return _cmd_export_child(args)
+        if args.command == "profile-device":
+            return _cmd_profile_device(args)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ from nag.space.arch import (
     validate,
 )
 from nag.space.plan import BlockPlan, ChildPlan, child_plan, count_macs, count_params
+from nag.space.sampling import sample_stratified, sample_tilted
 from nag.space.space import SearchSpace, StageSpec, load_space
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "from_tokens",
     "load_space",
     "mutate",
+    "sample_stratified",
+    "sample_tilted",
     "sample_uniform",
     "smallest",
     "to_tokens",

@@ -1,0 +1,51 @@
+"""Layer features of an architecture for latency prediction.
+
+Latency on a CPU is close to a sum over operators of (fixed overhead + work / throughput), where the
+throughput depends on the operator type, the kernel and the feature-map size. The features are
+therefore sums of MACs and of touched activations per operator type and per stage (each stage has
+its own spatial size), plus layer counts for the per-operator overheads. A linear model on them is a
+learned per-layer lookup table that generalises to layers it has not seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from nag.space.arch import Architecture
+from nag.space.plan import child_plan
+from nag.space.space import SearchSpace
+
+_GLOBAL = ("bias", "resize", "stem_mmacs", "head_mmacs", "input_kpixels")
+_PER_STAGE = ("layers", "se_layers", "expand_mmacs", "dw3_mmacs", "dw5_mmacs", "dw7_mmacs", "project_mmacs",
+              "activations_100k")
+
+
+def feature_names(space: SearchSpace) -> list[str]:
+    return list(_GLOBAL) + [f"s{i}_{name}" for i in range(len(space.stages)) for name in _PER_STAGE]
+
+
+def arch_features(arch: Architecture, space: SearchSpace) -> np.ndarray:
+    p = child_plan(arch, space)
+    g = np.zeros(len(_GLOBAL))
+    g[0] = 1.0
+    g[1] = float(p.resolution != space.input.size)
+    g[2] = p.stem_out**2 * p.in_channels * p.stem_width * p.stem_kernel**2 / 1e6
+    g[3] = (p.head_size**2 * p.head_in * p.head_width + p.head_width * p.num_classes) / 1e6
+    g[4] = p.resolution**2 / 1e3
+    stages = np.zeros((len(space.stages), len(_PER_STAGE)))
+    kernel_column = {3: 3, 5: 4, 7: 5}
+    for b in p.blocks:
+        row = stages[b.stage]
+        row[0] += 1
+        row[1] += bool(b.se_mid)
+        row[2] += b.h_in**2 * b.c_in * b.mid / 1e6
+        row[kernel_column.get(b.kernel, 5)] += b.h_out**2 * b.mid * b.kernel**2 / 1e6
+        row[6] += (b.h_out**2 * b.mid * b.c_out + (b.h_out**2 * b.c_in * b.c_out if b.shortcut_conv else 0)) / 1e6
+        row[7] += b.mid * (b.h_in**2 + 2 * b.h_out**2) / 1e5
+    return np.concatenate([g, stages.ravel()])
+
+
+def features_matrix(archs: Sequence[Architecture], space: SearchSpace) -> np.ndarray:
+    return np.stack([arch_features(a, space) for a in archs]) if archs else np.zeros((0, len(feature_names(space))))

@@ -1,0 +1,102 @@
+"""Device directories in a bundle: `devices/<name>/{device.json, measurements.jsonl, predictor.json}`.
+
+A user profiles a new device anywhere (`nag profile-device`) and copies the resulting directory into
+the bundle's `devices/`; everything that serves or trains reads devices only through this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nag.artifacts import atomic_write_bytes
+from nag.cost.device import DeviceError, DeviceProfile
+from nag.cost.measure import LatencyMeasurement
+from nag.cost.predictor import CostModel, FlopsCostModel, LatencyPredictor
+from nag.errors import CheckpointError
+from nag.space.arch import Architecture, biggest, smallest
+from nag.space.space import SearchSpace
+
+PROFILE_FILE = "device.json"
+MEASUREMENTS_FILE = "measurements.jsonl"
+PREDICTOR_FILE = "predictor.json"
+
+
+def devices_root(bundle: str | Path) -> Path:
+    return Path(bundle) / "devices"
+
+
+def device_dir(bundle: str | Path, name: str) -> Path:
+    return devices_root(bundle) / name
+
+
+def list_devices(bundle: str | Path) -> list[str]:
+    root = devices_root(bundle)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / PROFILE_FILE).is_file())
+
+
+def read_measurements(path: str | Path) -> list[LatencyMeasurement]:
+    """Every line of a measurements file; a truncated or malformed line is an error naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"measurements file {path} does not exist; run `nag profile-device`")
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append(LatencyMeasurement.from_dict(json.loads(line)))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"measurements file {path} line {number} is truncated or malformed "
+                                  f"({type(exc).__name__}: {exc}); delete the line or re-run the profiler") from None
+    return out
+
+
+def write_measurements(path: str | Path, measurements: Sequence[LatencyMeasurement]) -> None:
+    text = "".join(json.dumps(m.to_dict(), sort_keys=True) + "\n" for m in measurements)
+    atomic_write_bytes(Path(path), text.encode())
+
+
+@dataclass(frozen=True)
+class Device:
+    """A device ready to predict costs: its profile, cost model and the cost range of its space."""
+
+    profile: DeviceProfile
+    cost_model: CostModel
+    cost_range: tuple[float, float]
+
+    @property
+    def name(self) -> str:
+        return self.profile.name
+
+    @property
+    def unit(self) -> str:
+        return self.profile.unit
+
+    def predict(self, archs: Sequence[Architecture]) -> np.ndarray:
+        return self.cost_model.predict(archs)
+
+
+def load_device(bundle: str | Path, name: str, space: SearchSpace) -> Device:
+    """Load a device of a bundle; an unknown name is an error listing the known ones."""
+    folder = device_dir(bundle, name)
+    if not (folder / PROFILE_FILE).is_file():
+        known = list_devices(bundle)
+        raise DeviceError(f"unknown device {name!r}; this bundle has {known or 'no devices'}")
+    profile = DeviceProfile.load(folder / PROFILE_FILE)
+    if profile.name != name:
+        raise DeviceError(f"{folder / PROFILE_FILE} describes device {profile.name!r}, but lies in folder {name!r}")
+    if profile.kind == "flops":
+        model: CostModel = FlopsCostModel(space)
+        lo, hi = (float(v) for v in model.predict([smallest(space), biggest(space)]))
+        return Device(profile, model, (lo, hi))
+    predictor = LatencyPredictor.load(folder / PREDICTOR_FILE, space)
+    if predictor.device != name:
+        raise DeviceError(f"{folder / PREDICTOR_FILE} was fitted for device {predictor.device!r}, not {name!r}")
+    return Device(profile, predictor, predictor.latency_range)
