@@ -1,14 +1,26 @@
-# NAG: supernet training, export and (later) the generator server.
+# NAG: supernet, cost models, triplets, evaluator, generator and the gRPC server.
 SHELL := /bin/bash
 PY := .venv/bin/python
-PROFILE ?= demo
+PROFILE ?= default
 RUN_DIR ?= runs/$(PROFILE)
+BUNDLE ?= bundles/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
+PHONY_TARGETS := proto collect train-generator serve
+.PHONY: $(PHONY_TARGETS) setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
 
-setup: .venv/.installed data
+setup: .venv/.installed data proto
+
+# gRPC stubs, generated from proto/ (never edited by hand; git ignores nag/v1/).
+PROTO_SRC := proto/nag/v1/generator.proto
+PROTO_OUT := nag/v1/generator_pb2.py
+proto: $(PROTO_OUT)
+
+$(PROTO_OUT): $(PROTO_SRC) .venv/.installed
+	mkdir -p nag/v1
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTO_SRC)
+	touch nag/v1/__init__.py
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -34,16 +46,24 @@ train-supernet: setup
 	$(PY) -m training.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
 
 DEVICE ?= cpu
-BUNDLE ?= bundles/default
 profile-device: setup
 	$(PY) -m nag.cli profile-device --device $(DEVICE) --bundle $(BUNDLE)
 
-$(RUN_DIR)/supernet.pt:
-	$(MAKE) train-supernet PROFILE=$(PROFILE) RUN_DIR=$(RUN_DIR)
+# Serves the committed default bundle at once; `make demo PROFILE=demo` first builds the small demo
+# bundle from scratch (supernet, device, triplets, evaluator, generator: a few minutes on 2 cores).
+demo: setup
+	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE)
+	$(PY) -m server.demo --bundle $(BUNDLE)
 
-demo: setup $(RUN_DIR)/supernet.pt
-	$(PY) -m nag.cli export-child --supernet $(RUN_DIR)/supernet.pt --arch random --seed 7 \
-		-o $(RUN_DIR)/child.onnx --verify
+# Every missing stage of the bundle, then the evaluator and generator of each device.
+train-generator: setup
+	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE)
+
+collect: setup
+	$(PY) -m training.collect_triplets --bundle $(BUNDLE)
+
+serve: setup
+	$(PY) -m nag.cli serve --bundle $(BUNDLE)
 
 bench-supernet: setup
 	$(PY) -m benchmarks.supernet_frontier --supernet bundles/default/supernet.pt

@@ -128,6 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--space", help="search-space JSON (default: the packaged default space)")
     d.add_argument("--archs", type=int, default=400, help="architectures to measure (stratified over MACs)")
     d.add_argument("--seed", type=int, default=0)
+    g = sub.add_parser("generate", help="request a model for a budget from a server (or --local)")
+    from nag.client import add_arguments
+
+    add_arguments(g)
+    sub.add_parser("serve", help="serve a bundle over gRPC (see --help of the subcommand)", add_help=False)
     return p
 
 
@@ -135,12 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "train-supernet":
         return _cmd_train_supernet(argv[1:])
+    if argv and argv[0] == "serve":
+        from server.app import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "export-child":
             return _cmd_export_child(args)
         if args.command == "profile-device":
             return _cmd_profile_device(args)
+        if args.command == "generate":
+            from nag.client import run
+
+            return run(args)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -97,3 +97,42 @@ def profile(name: str) -> SupernetTrainConfig:
     if name not in PROFILES:
         raise NagError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
     return PROFILES[name]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `make train-generator` builds after the supernet, per profile."""
+
+    profile: str = "default"
+    devices: tuple[str, ...] = ("cpu", "flops")
+    default_device: str = "cpu"
+    profile_archs: int = 400  # architectures measured per device
+    triplets: int = 1000
+    triplet_val_images: int = 1500
+    triplet_calib_images: int = 250
+    num_budgets: int = 10  # K
+    evaluator_steps: int = 4000
+    generator_steps: int = 400
+    samples_per_budget: int = 32  # N
+    entropy_weight: float = 0.05  # λ (with per-budget normalised advantages)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PIPELINES: dict[str, PipelineConfig] = {
+    "default": PipelineConfig(),
+    # A few minutes end to end on 2 CPU cores, supernet included.
+    "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
+                           evaluator_steps=800, generator_steps=120),
+    "tiny": PipelineConfig(profile="tiny", devices=("flops",), default_device="flops", profile_archs=10,
+                           triplets=40, triplet_val_images=200, evaluator_steps=100, generator_steps=10,
+                           samples_per_budget=8),
+}
+
+
+def pipeline(name: str) -> PipelineConfig:
+    if name not in PIPELINES:
+        raise NagError(f"unknown profile {name!r}; known profiles: {sorted(PIPELINES)}")
+    return PIPELINES[name]

@@ -35,3 +35,14 @@ def perturbed_supernet(space: SearchSpace) -> Supernet:
 @pytest.fixture()
 def rng() -> random.Random:
     return random.Random(1234)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
+    """A complete bundle built by the real pipeline with the `tiny` profile (flops device only)."""
+    from nag.config import pipeline
+    from training.train_generator import build
+
+    base = tmp_path_factory.mktemp("bundles")
+    build(base / "tiny", pipeline("tiny"), run_dir=base / "run", progress=False)
+    return base / "tiny"

@@ -1,0 +1,136 @@
+"""The generator on a bundle: feasibility (predicted and measured), pick quality and generation time.
+
+    python -m benchmarks.generator_quality --bundle bundles/default --device cpu --budgets 20
+
+At each budget (evenly spread over the device's range) the generator's pick (seed 0, 64 candidates)
+is checked against the budget by predicted latency and by latency measured in ONNX Runtime (drift
+guarded, one pass over all picks), and its validation accuracy (supernet, BN-calibrated, same images
+as the triplets) is compared with the best collected triplet within that budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
+from nag.bundle import load_bundle
+from nag.core.inference import generate
+from nag.core.triplets import read_triplets, supernet_accuracy
+from nag.cost.measure import measure_latencies
+from nag.data import DataSource, load_splits
+from nag.errors import NagError
+
+
+def generation_time_ms(bundle: Any, device: str, budget: float, repeats: int) -> list[float]:
+    times = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        generate(bundle, budget, device, candidates=64, seed=i)
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--budgets", type=int, default=20)
+    p.add_argument("--val-images", type=int, default=1500)
+    p.add_argument("--calib-images", type=int, default=250)
+    p.add_argument("--timing-repeats", type=int, default=50)
+    args = p.parse_args(argv)
+    try:
+        bundle = load_bundle(args.bundle)
+        models = bundle.devices.get(args.device)
+        if models is None:
+            raise NagError(f"unknown device {args.device!r}; the bundle has {sorted(bundle.devices)}")
+        triplets = read_triplets(bundle.root / "triplets.jsonl")
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    space = bundle.space
+    lo, hi = models.min_cost, models.device.cost_range[1]
+    budgets = [float(b) for b in np.linspace(lo + 0.02 * (hi - lo), hi, args.budgets)]
+    picks = [generate(bundle, b, args.device, candidates=64, seed=0) for b in budgets]
+    measured: list[float | None] = [None] * len(picks)
+    if models.device.profile.kind != "flops":
+        print(f"measuring {len(picks)} picks in ONNX Runtime ...", flush=True)
+        ms = measure_latencies([g.arch for g in picks], space, models.device.profile)
+        measured = [m.median for m in ms]
+    cfg = bundle.trained.meta.get("config", {})
+    splits = load_splits(DataSource(), int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
+                         space.input.channels)
+    val = splits.val.subset(torch.arange(min(args.val_images, len(splits.val))))
+    calib = bundle.trained.calibration_float[: args.calib_images]
+    rows, records = [], []
+    cost = np.array([t.cost[args.device] for t in triplets])
+    accs = np.array([t.val_acc for t in triplets])
+    for b, g, m in zip(budgets, picks, measured, strict=True):
+        acc = supernet_accuracy(bundle.trained.supernet, g.arch, calib, val)
+        within = accs[cost <= b]
+        best = float(within.max()) if len(within) else float("nan")
+        rec = {"budget": b, "arch_id": g.arch.arch_id, "predicted": g.predicted_cost, "measured": m,
+               "feasible_predicted": g.predicted_cost <= b, "feasible_measured": None if m is None else m <= b,
+               "feasible_measured_5pct": None if m is None else m <= 1.05 * b, "val_acc": acc,
+               "predicted_acc": g.predicted_accuracy, "best_triplet_acc_within_budget": best,
+               "gap_to_best_triplet": acc - best, "macs": g.macs, "fallback": g.fallback}
+        records.append(rec)
+        rows.append([f"{b:.4g}", f"{g.predicted_cost:.4g}", "-" if m is None else f"{m:.4g}",
+                     "yes" if rec["feasible_predicted"] else "NO",
+                     "-" if m is None else ("yes" if m <= b else ("≤5%" if m <= 1.05 * b else "NO")),
+                     f"{g.macs / 1e6:.2f}", f"{acc:.2f}", f"{best:.2f}", f"{acc - best:+.2f}"])
+    mid = budgets[len(budgets) // 2]
+    times = generation_time_ms(bundle, args.device, mid, args.timing_repeats)
+    n = len(records)
+    summary = {
+        "feasible_by_predicted": sum(r["feasible_predicted"] for r in records) / n,
+        "feasible_by_measured": None if measured[0] is None else sum(bool(r["feasible_measured"]) for r in records) / n,
+        "feasible_by_measured_within_5pct": None if measured[0] is None
+        else sum(bool(r["feasible_measured_5pct"]) for r in records) / n,
+        "mean_gap_to_best_triplet": statistics.mean(r["gap_to_best_triplet"] for r in records),
+        "generation_ms_median": statistics.median(times), "generation_ms_p90": float(np.percentile(times, 90)),
+    }
+    unit = models.device.unit
+    md = (f"# Generator quality, bundle `{bundle.bundle_id}`, device `{args.device}`\n\n"
+          f"{n} budgets; pick = generate(budget, candidates=64, seed=0). Validation accuracy on "
+          f"{len(val)} images (the triplets' images), BN calibrated on {len(calib)}.\n\n")
+    md += markdown_table([f"budget ({unit})", "predicted", "measured", "feasible (pred.)", "feasible (meas.)",
+                          "MMACs", "val acc %", "best triplet ≤ budget %", "gap"], rows)
+    md += (f"\nFeasible by predicted cost: {100 * summary['feasible_by_predicted']:.0f}%"
+           + ("" if summary["feasible_by_measured"] is None else
+              f"; by measured latency: {100 * summary['feasible_by_measured']:.0f}% "
+              f"({100 * summary['feasible_by_measured_within_5pct']:.0f}% within budget × 1.05)")
+           + f". Mean gap to the best triplet within budget: {summary['mean_gap_to_best_triplet']:+.2f} points.\n\n"
+           f"Generation time (sample + predict + choose, no export), {args.timing_repeats} calls at "
+           f"{mid:.4g} {unit}: median {summary['generation_ms_median']:.1f} ms, "
+           f"p90 {summary['generation_ms_p90']:.1f} ms.\n\n![frontier](generator_frontier_{args.device}.png)\n")
+    write_results(f"generator_quality_{args.device}", {"bundle_id": bundle.bundle_id, "machine": machine(),
+                                                       "summary": summary, "picks": records}, md)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(cost, accs, s=5, c="0.7", label=f"{len(triplets)} triplets")
+    ax.plot([r["predicted"] for r in records], [r["val_acc"] for r in records], "o-", c="C3",
+            label="generator's pick per budget")
+    ax.set_xlabel(f"predicted cost ({unit}) on {args.device}")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("generated frontier over the collected triplets")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"generator_frontier_{args.device}.png", dpi=120)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

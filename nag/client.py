@@ -1,0 +1,119 @@
+"""`nag generate`: ask a server (or, with --local, the bundle in-process) for a model for a budget."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# gRPC clients refuse replies above 4 MB by default; the largest child of a big space can exceed it.
+MAX_RECEIVE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class GeneratedModel:
+    onnx: bytes
+    sha256: str
+    arch_json: str
+    arch_id: str
+    device: str
+    unit: str
+    predicted_cost: float
+    predicted_accuracy: float
+    macs: int
+    params: int
+    timings_ms: dict[str, float]
+    cached: bool
+
+
+def channel(address: str, tls_ca: Path | None = None):  # type: ignore[no-untyped-def]
+    import grpc
+
+    options = [("grpc.max_receive_message_length", MAX_RECEIVE)]
+    if tls_ca:
+        return grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()), options=options)
+    return grpc.insecure_channel(address, options=options)
+
+
+def request_remote(args: argparse.Namespace) -> GeneratedModel:
+    import grpc
+
+    from nag.v1 import generator_pb2 as pb
+    from nag.v1 import generator_pb2_grpc as pb_grpc
+
+    req = pb.GenerateForBudgetRequest(device=args.device or "", candidates=args.candidates or 0)
+    if args.macs is not None:
+        req.macs = args.macs
+    else:
+        req.latency_ms = args.budget_ms
+    if args.seed is not None:
+        req.seed = args.seed
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    with channel(args.server, args.tls_ca) as ch:
+        stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+        try:
+            r = stub.GenerateForBudget(req, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            raise SystemExit(f"error: {exc.code().name}: {exc.details()}") from None
+    t = r.timings
+    return GeneratedModel(r.onnx_model, r.onnx_sha256, r.architecture_json, r.architecture_id, r.device,
+                          r.cost_unit, r.predicted_cost, r.predicted_accuracy, r.macs, r.params,
+                          {"sample": t.sample_ms, "choose": t.choose_ms, "slice": t.slice_ms,
+                           "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached)
+
+
+def request_local(args: argparse.Namespace) -> GeneratedModel:
+    from nag.bundle import load_bundle
+    from nag.core.inference import generate
+    from nag.core.materialize import export_child
+
+    started = time.perf_counter()
+    bundle = load_bundle(args.bundle)
+    device = args.device or ("flops" if args.macs is not None else None)
+    budget = args.macs / 1e6 if args.macs is not None else args.budget_ms
+    g = generate(bundle, budget, device, candidates=args.candidates or 64, seed=args.seed)
+    exported = export_child(bundle, g.arch)
+    timings = {k: 1e3 * v for k, v in {**g.timings, **exported.timings}.items()}
+    timings["total"] = 1e3 * (time.perf_counter() - started)
+    return GeneratedModel(exported.onnx, exported.sha256, g.arch.to_json(), g.arch.arch_id, g.device, g.unit,
+                          g.predicted_cost, g.predicted_accuracy, g.macs, g.params, timings, False)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.budget_ms is None) == (args.macs is None):
+        print("error: give exactly one of --budget-ms and --macs", file=sys.stderr)
+        return 2
+    model = request_local(args) if args.local else request_remote(args)
+    if hashlib.sha256(model.onnx).hexdigest() != model.sha256:
+        print("error: the model's bytes do not match its sha256", file=sys.stderr)
+        return 1
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(model.onnx)
+    print(f"architecture {model.arch_id}: {model.arch_json}")
+    print(f"device {model.device}: predicted cost {model.predicted_cost:.4g} {model.unit}, predicted accuracy "
+          f"{model.predicted_accuracy:.2f}%, {model.macs / 1e6:.2f} MMACs, {model.params / 1e3:.1f}k params")
+    print("timings (ms): " + json.dumps({k: round(v, 2) for k, v in model.timings_ms.items()})
+          + (" (cached)" if model.cached else ""))
+    print(f"wrote {out} ({len(model.onnx) / 1e3:.0f} kB, sha256 {model.sha256[:16]}...)")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    budget = p.add_argument_group("budget (one of)")
+    budget.add_argument("--budget-ms", type=float, help="latency budget in ms on the device")
+    budget.add_argument("--macs", type=float, help="MACs budget (the flops pseudo-device)")
+    p.add_argument("--device", help="device name (default: the server's default device)")
+    p.add_argument("--candidates", type=int, help="candidates to sample (default: server default)")
+    p.add_argument("--seed", type=int, help="fix the sampling (same seed, same architecture)")
+    p.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--timeout", type=float, default=30.0, help="RPC deadline in seconds")
+    p.add_argument("--token", help="bearer token")
+    p.add_argument("--tls-ca", type=Path, help="CA certificate for a TLS server")
+    p.add_argument("--local", action="store_true", help="run the same path in-process instead of over gRPC")
+    p.add_argument("--bundle", default="bundles/default", help="bundle for --local")

@@ -1,0 +1,1 @@
+"""The NAG core: triplets, Pareto dominance, the evaluator and the budget-conditioned generator."""

@@ -1,0 +1,120 @@
+"""Generating an architecture for a budget (PNAG section 3.5).
+
+The budget's embedding is interpolated between its two neighbouring learned budgets, `candidates`
+architectures are sampled in one batch, their cost comes from the device's predictor, infeasible
+ones are dropped (a bounded number of resampling rounds if none is feasible; then the space's
+cheapest child, which the caller is told about), and the evaluator's score picks the best.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from nag.bundle.bundle import Bundle, DeviceModels
+from nag.cost.device import DeviceError
+from nag.errors import NagError
+from nag.space.arch import Architecture, from_tokens, smallest, to_tokens
+from nag.space.plan import count_macs, count_params
+
+MAX_CANDIDATES = 4096
+
+
+class InvalidBudgetError(NagError):
+    """The budget is not a finite positive number, or the candidate count is out of range."""
+
+
+class BudgetOutOfRangeError(NagError):
+    """The budget is below the cheapest architecture of the space on that device."""
+
+    def __init__(self, message: str, minimum: float):
+        super().__init__(message)
+        self.minimum = minimum
+
+
+@dataclass(frozen=True)
+class Generated:
+    arch: Architecture
+    device: str
+    unit: str
+    budget: float
+    predicted_cost: float
+    predicted_accuracy: float
+    score: float
+    macs: int
+    params: int
+    candidates: int
+    feasible_candidates: int
+    rounds: int
+    fallback: bool
+    seed: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+
+
+def resolve_device(bundle: Bundle, device: str | None) -> DeviceModels:
+    name = device or bundle.default_device
+    if name not in bundle.devices:
+        raise DeviceError(f"unknown device {name!r}; this bundle serves {sorted(bundle.devices)}")
+    return bundle.devices[name]
+
+
+def check_budget(budget: float, models: DeviceModels, candidates: int) -> None:
+    if budget is None or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise InvalidBudgetError(f"budget must be a finite number > 0 {models.device.unit}, got {budget!r}")
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise InvalidBudgetError(f"candidates must lie in [1, {MAX_CANDIDATES}], got {candidates}")
+    if budget < models.min_cost:
+        raise BudgetOutOfRangeError(
+            f"budget {budget:g} {models.device.unit} is below the cheapest architecture of the space on device "
+            f"{models.name!r}: the minimum is {models.min_cost:.4g} {models.device.unit}", models.min_cost)
+
+
+@torch.no_grad()
+def generate(bundle: Bundle, budget: float, device: str | None = None, candidates: int = 64,
+             seed: int | None = None, max_rounds: int = 4) -> Generated:
+    """The best feasible architecture the device's generator proposes for `budget` (in the device's unit)."""
+    models = resolve_device(bundle, device)
+    check_budget(budget, models, candidates)
+    seed = secrets.randbits(31) if seed is None else int(seed)
+    rng = torch.Generator().manual_seed(seed)
+    space = bundle.space
+    started = time.perf_counter()
+    budget_batch = torch.full((candidates,), float(budget))
+    feasible_tokens: list[list[int]] = []
+    feasible_cost: list[float] = []
+    rounds = 0
+    while not feasible_tokens and rounds < max_rounds:
+        rounds += 1
+        tokens = models.generator.sample(budget_batch, rng).tokens
+        unique = {tuple(to_tokens(a, space)): a for a in (from_tokens(t, space) for t in tokens.tolist())}
+        archs = list(unique.values())
+        costs = models.device.predict(archs)
+        for a, c in zip(archs, costs, strict=True):
+            if c <= budget:
+                feasible_tokens.append(to_tokens(a, space))
+                feasible_cost.append(float(c))
+    sampled = time.perf_counter()
+    fallback = not feasible_tokens
+    if fallback:
+        cheapest = smallest(space)
+        feasible_tokens = [to_tokens(cheapest, space)]
+        feasible_cost = [models.min_cost]
+    token_tensor = torch.tensor(feasible_tokens, dtype=torch.long)
+    encoding = models.generator.encoder.encode(token_tensor)
+    scores = models.evaluator(encoding, torch.full((len(feasible_tokens),), float(budget), dtype=torch.float64))
+    best = int(torch.argmax(scores))
+    arch = from_tokens(feasible_tokens[best], space)
+    accuracy = float(np.clip(bundle.accuracy.predict(encoding[best : best + 1])[0], 0.0, 100.0))
+    chosen = time.perf_counter()
+    return Generated(
+        arch=arch, device=models.name, unit=models.device.unit, budget=float(budget),
+        predicted_cost=feasible_cost[best], predicted_accuracy=accuracy, score=float(scores[best]),
+        macs=count_macs(arch, space), params=count_params(arch, space), candidates=candidates * rounds,
+        feasible_candidates=0 if fallback else len(feasible_tokens), rounds=rounds, fallback=fallback, seed=seed,
+        timings={"sample": sampled - started, "choose": chosen - sampled},
+    )

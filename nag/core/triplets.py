@@ -1,0 +1,117 @@
+"""(architecture, cost, accuracy) triplets measured with the trained supernet.
+
+Accuracy is measured on the **validation split** (never the test set) after BN re-calibration, with
+the supernet's weights sliced on the fly (no static copy). Each architecture also gets the predicted
+cost of every device and, when it was measured while profiling, the measured latency.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from nag.artifacts import atomic_write_bytes
+from nag.cost.store import Device
+from nag.data.datasets import ImageSet
+from nag.errors import CheckpointError
+from nag.space.arch import Architecture
+from nag.space.plan import count_macs, count_params
+from nag.space.sampling import sample_stratified
+from nag.space.space import SearchSpace
+from nag.supernet.model import Supernet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Triplet:
+    arch_json: str
+    arch_id: str
+    macs: int
+    params: int
+    val_acc: float
+    cost: dict[str, float] = field(default_factory=dict)  # predicted, per device
+    measured: dict[str, float] = field(default_factory=dict)  # measured median, where profiled
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"arch_json": self.arch_json, "arch_id": self.arch_id, "macs": self.macs, "params": self.params,
+                "val_acc": self.val_acc, "cost": self.cost, "measured": self.measured}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Triplet:
+        return cls(str(raw["arch_json"]), str(raw["arch_id"]), int(raw["macs"]), int(raw["params"]),
+                   float(raw["val_acc"]), {str(k): float(v) for k, v in raw["cost"].items()},
+                   {str(k): float(v) for k, v in raw["measured"].items()})
+
+    def arch(self, space: SearchSpace) -> Architecture:
+        return Architecture.from_json(self.arch_json, space)
+
+
+def read_triplets(path: str | Path) -> list[Triplet]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"triplets file {path} does not exist; run `make collect`")
+    out = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                out.append(Triplet.from_dict(json.loads(line)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise CheckpointError(f"triplets file {path} line {number} is truncated or malformed "
+                                      f"({type(exc).__name__})") from None
+    return out
+
+
+def write_triplets(path: str | Path, triplets: Sequence[Triplet]) -> None:
+    text = "".join(json.dumps(t.to_dict(), sort_keys=True) + "\n" for t in triplets)
+    atomic_write_bytes(Path(path), text.encode())
+
+
+@torch.no_grad()
+def supernet_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
+                      calib_batch: int = 250, eval_batch: int = 1000) -> float:
+    """Validation accuracy (%) of `arch` in the supernet after re-calibrating its BN on `calibration`."""
+    supernet.calibrate(arch, calibration, calib_batch)
+    supernet.eval()
+    correct = 0
+    for start in range(0, len(data), eval_batch):
+        index = slice(start, start + eval_batch)
+        correct += int((supernet(data.as_float(index), arch).argmax(1) == data.labels[index]).sum())
+    return 100.0 * correct / max(1, len(data))
+
+
+def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Tensor, val: ImageSet,
+                     devices: Sequence[Device], measured: dict[str, dict[str, float]], *, num_archs: int,
+                     seed: int = 0, save_every: int = 25, progress: bool = True) -> list[Triplet]:
+    """Measure `num_archs` stratified architectures, resuming from what `path` already holds."""
+    space = supernet.space
+    path = Path(path)
+    done = read_triplets(path) if path.exists() else []
+    done_ids = {t.arch_id for t in done}
+    archs = sample_stratified(space, num_archs, random.Random(seed))
+    todo = [a for a in archs if a.arch_id not in done_ids]
+    log.info("triplets: %d planned, %d already collected", len(archs), len(archs) - len(todo))
+    pending: list[Triplet] = []
+    bar = tqdm(total=len(archs), initial=len(archs) - len(todo), desc="collecting triplets", unit="arch",
+               disable=not progress)
+    for i, arch in enumerate(todo):
+        acc = supernet_accuracy(supernet, arch, calibration, val)
+        cost = {d.name: float(d.predict([arch])[0]) for d in devices}
+        meas = {name: table[arch.arch_id] for name, table in measured.items() if arch.arch_id in table}
+        pending.append(Triplet(arch.to_json(), arch.arch_id, count_macs(arch, space), count_params(arch, space),
+                               acc, cost, meas))
+        bar.update(1)
+        if len(pending) >= save_every or i == len(todo) - 1:
+            done.extend(pending)
+            pending = []
+            write_triplets(path, done)
+    bar.close()
+    return done

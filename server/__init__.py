@@ -1,0 +1,1 @@
+"""The gRPC server of the architecture generator (`nag serve`, `make serve`)."""

@@ -1,0 +1,90 @@
+"""`make demo`: start the server on a bundle, request models for three budgets over gRPC, verify each
+in ONNX Runtime on the test set, print a table, stop the server.
+
+    python -m server.demo --bundle bundles/default
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from nag.client import channel
+from nag.data import DataSource, load_test_set
+from nag.errors import NagError
+from nag.export import INPUT_NAME
+from nag.v1 import generator_pb2 as pb
+from nag.v1 import generator_pb2_grpc as pb_grpc
+from server.app import RunningServer, ServerOptions
+
+
+def onnx_accuracy(model: bytes, images: np.ndarray, labels: np.ndarray) -> float:
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    correct = 0
+    for start in range(0, len(images), 1000):
+        logits = session.run(None, {INPUT_NAME: images[start:start + 1000]})[0]
+        correct += int((logits.argmax(1) == labels[start:start + 1000]).sum())
+    return 100.0 * correct / len(images)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--device", help="device (default: the bundle's default device)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        started = time.perf_counter()
+        running = RunningServer(ServerOptions(bundle=args.bundle, port=0, metrics_port=0))
+        running.load()
+        print(f"server on 127.0.0.1:{running.port} (metrics :{running.metrics_port}) ready in "
+              f"{time.perf_counter() - started:.1f} s")
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        with channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+            devices = stub.ListDevices(pb.ListDevicesRequest(), timeout=10)
+            name = args.device or devices.default_device
+            device = next(d for d in devices.devices if d.name == name)
+            lo, hi = device.min_cost, device.max_cost
+            budgets = [lo + f * (hi - lo) for f in (0.15, 0.5, 0.9)]
+            space = running.service.bundle.space  # type: ignore[union-attr]
+            test = load_test_set(DataSource(), space.input.size, space.input.channels)
+            images, labels = test.as_float().numpy(), test.labels.numpy()
+            rows = []
+            for budget in budgets:
+                req = pb.GenerateForBudgetRequest(device=name, seed=args.seed)
+                if device.cost_unit == "ms":
+                    req.latency_ms = budget
+                else:
+                    req.macs = budget * 1e6
+                r = stub.GenerateForBudget(req, timeout=60)
+                assert hashlib.sha256(r.onnx_model).hexdigest() == r.onnx_sha256, "sha256 mismatch"
+                acc = onnx_accuracy(r.onnx_model, images, labels)
+                rows.append((budget, r, acc))
+        unit = device.cost_unit
+        print(f"\ndevice {name} ({device.description}); bundle {devices.bundle_id}\n")
+        print(f"| budget ({unit}) | predicted ({unit}) | MMACs | params | predicted val acc | ONNX Runtime test acc "
+              f"| model kB | request ms | architecture |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for budget, r, acc in rows:
+            print(f"| {budget:.4g} | {r.predicted_cost:.4g} | {r.macs / 1e6:.2f} | {r.params / 1e3:.0f}k | "
+                  f"{r.predicted_accuracy:.2f}% | {acc:.2f}% | {len(r.onnx_model) / 1e3:.0f} | "
+                  f"{r.timings.total_ms:.0f} | {r.architecture_id} |")
+    finally:
+        running.stop(5)
+    print("\nserver stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The NAG core: Eq. 6 dominance, budget interpolation, encodings, evaluator, generator, generate()."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from nag.bundle import BundleError, load_bundle
+from nag.core.budgets import BudgetEmbedding, even_budgets
+from nag.core.dominance import dominance, dominance_tensor
+from nag.core.encoding import TokenEncoder
+from nag.core.evaluator import EvaluatorConfig, train_evaluator
+from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate
+from nag.cost.device import DeviceError
+from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
+
+values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
+
+
+@given(values, values, values, values, values)
+def test_dominance_is_antisymmetric_for_distinct_architectures(c1, a1, c2, a2, budget) -> None:
+    if c1 == c2 or a1 == a2:
+        return  # distinct architectures differ in cost and accuracy here
+    assert dominance(c1, a1, c2, a2, budget) == -dominance(c2, a2, c1, a1, budget)
+
+
+@given(values, values, values, values, values)
+def test_dominance_follows_eq6(c1, a1, c2, a2, budget) -> None:
+    d = dominance(c1, a1, c2, a2, budget)
+    if c1 <= budget and c2 <= budget:
+        assert d == (1 if a1 >= a2 else -1)  # both feasible: the more accurate wins
+    else:
+        assert d == (1 if c1 <= c2 else -1)  # otherwise the cheaper wins
+    t = dominance_tensor(*(torch.tensor([v], dtype=torch.float64) for v in (c1, a1, c2, a2, budget)))
+    assert int(t.item()) == d
+
+
+def test_budget_embedding_interpolates_linearly() -> None:
+    emb = BudgetEmbedding(even_budgets(1.0, 5.0, 5), dim=8)
+    table = emb.table.weight.detach()
+    got = emb(torch.tensor([1.0, 2.0, 2.25, 5.0, 0.1, 9.0])).detach()
+    assert torch.allclose(got[0], table[0]) and torch.allclose(got[1], table[1]) and torch.allclose(got[3], table[4])
+    xi = (3.0 - 2.25) / (3.0 - 2.0)  # weight of B1 = 2
+    assert torch.allclose(got[2], xi * table[1] + (1 - xi) * table[2])
+    assert torch.allclose(got[4], table[0]) and torch.allclose(got[5], table[4])  # nearest end outside
+
+
+def test_encoding_marks_only_active_layers(space: SearchSpace) -> None:
+    enc = TokenEncoder(space)
+    archs = [sample_uniform(space, random.Random(i)) for i in range(20)]
+    x = enc.encode_archs(archs)
+    for arch, row in zip(archs, x, strict=True):
+        assert int(row.sum()) == 2 + sum(2 + 2 * s.depth for s in arch.stages)
+    assert torch.equal(enc.encode_archs(archs[:1]), x[:1])
+
+
+def _synthetic(space: SearchSpace, n: int = 300):
+    archs = sample_stratified(space, n, random.Random(0))
+    enc = TokenEncoder(space).encode_archs(archs)
+    cost = torch.tensor([count_macs(a, space) / 1e6 for a in archs], dtype=torch.float64)
+    acc = 85 + 2 * torch.log(cost) + torch.randn(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return archs, enc, cost, acc
+
+
+def test_evaluator_learns_dominance(space: SearchSpace) -> None:
+    _, enc, cost, acc = _synthetic(space)
+    budgets = even_budgets(float(cost.min()), float(cost.max()), 5)
+    _, report = train_evaluator(enc, cost, acc, budgets, EvaluatorConfig(steps=600, eval_every=100, seed=0),
+                                progress=False)
+    assert report["heldout"]["overall"] > 0.8
+    assert len(report["heldout"]["per_budget"]) == 5
+
+
+def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSpace) -> None:
+    _, enc, cost, acc = _synthetic(space)
+    budgets = even_budgets(float(cost.min()), float(cost.max()), 4)
+    evaluator, _ = train_evaluator(enc, cost, acc, budgets, EvaluatorConfig(steps=300, seed=0), progress=False)
+    torch.manual_seed(0)
+    gen = Generator(space, budgets)
+    b = torch.full((6,), budgets[1])
+    first = gen.sample(b, torch.Generator().manual_seed(5)).tokens
+    assert torch.equal(first, gen.sample(b, torch.Generator().manual_seed(5)).tokens)
+    for row in first.tolist():
+        from_tokens(row, space)  # every sample decodes to a valid architecture
+    history = train_generator(gen, evaluator, GeneratorConfig(steps=60, log_every=10, samples_per_budget=16),
+                              progress=False)
+    start, end = history[0]["mean_reward"], history[-1]["mean_reward"]
+    assert sum(end) > sum(start)
+    assert history[-1]["entropy"][0] < history[0]["entropy"][0] + 1e-6
+
+
+def test_generate_is_feasible_seeded_and_validated(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    models = bundle.devices["flops"]
+    lo, hi = models.device.cost_range
+    budget = lo + 0.5 * (hi - lo)
+    g = generate(bundle, budget, "flops", candidates=32, seed=7)
+    assert g.predicted_cost <= budget and g.macs / 1e6 == pytest.approx(g.predicted_cost)
+    assert generate(bundle, budget, "flops", candidates=32, seed=7).arch == g.arch
+    assert 0 <= g.predicted_accuracy <= 100 and g.timings["sample"] > 0
+    for bad in (math.nan, math.inf, -math.inf, 0.0, -1.0):
+        with pytest.raises(InvalidBudgetError):
+            generate(bundle, bad, "flops")
+    with pytest.raises(InvalidBudgetError, match="candidates"):
+        generate(bundle, budget, "flops", candidates=0)
+    with pytest.raises(BudgetOutOfRangeError, match=f"minimum is {models.min_cost:.4g}"):
+        generate(bundle, models.min_cost * 0.5, "flops")
+    with pytest.raises(DeviceError, match=r"unknown device 'tpu'.*\['flops'\]"):
+        generate(bundle, budget, "tpu")
+    # Just above the cheapest child: still feasible (resampling, then the cheapest child itself).
+    tight = generate(bundle, models.min_cost * 1.0001, "flops", candidates=8, seed=1)
+    assert tight.predicted_cost <= models.min_cost * 1.0001
+
+
+def test_bundle_manifest_is_verified(tiny_bundle: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["devices"] == ["flops"]
+    assert "triplets.jsonl" in manifest["files"] and "devices/flops/generator.pt" in manifest["files"]
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    with (copy / "triplets.jsonl").open("a") as fh:
+        fh.write("\n")
+    with pytest.raises(BundleError, match=r"triplets\.jsonl does not match its hash"):
+        load_bundle(copy)
+    (copy / "triplets.jsonl").unlink()
+    with pytest.raises(BundleError, match=r"triplets\.jsonl is missing"):
+        load_bundle(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json is missing"):
+        load_bundle(copy)

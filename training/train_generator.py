@@ -1,0 +1,194 @@
+"""Build a whole bundle (`make train-generator`): every missing stage, then the generator.
+
+    python -m training.train_generator --profile default --bundle bundles/default
+
+Stages, each skipped when its output is already in the bundle: supernet (trained with the same
+profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
+and per device the evaluator and the generator; finally `manifest.json` with hashes and metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from nag.artifacts import atomic_write_bytes
+from nag.bundle.bundle import (
+    ACCURACY_FILE,
+    EVALUATOR_FILE,
+    GENERATOR_FILE,
+    SPACE_FILE,
+    SUPERNET_FILE,
+    save_evaluator,
+    save_generator,
+    write_manifest,
+)
+from nag.config import PipelineConfig, pipeline
+from nag.core.accuracy import AccuracyPredictor
+from nag.core.budgets import even_budgets
+from nag.core.encoding import TokenEncoder
+from nag.core.evaluator import EvaluatorConfig, train_evaluator
+from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.triplets import read_triplets
+from nag.cost.device import packaged_profile
+from nag.cost.profiling import profile_device
+from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, load_device
+from nag.errors import NagError
+from nag.space.arch import from_tokens
+from nag.supernet.io import load_supernet
+
+log = logging.getLogger("train_generator")
+TRIPLETS_FILE = "triplets.jsonl"
+
+
+def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
+    if (bundle / SUPERNET_FILE).is_file():
+        return
+    from training.train_supernet import main as train_supernet
+
+    log.info("stage 1/5: training the %s supernet in %s", profile, run)
+    if train_supernet(["--profile", profile, "--out", str(run), "--resume"]) != 0:
+        raise NagError("supernet training failed")
+    bundle.mkdir(parents=True, exist_ok=True)
+    for name in (SUPERNET_FILE, "log.jsonl", "summary.json"):
+        if (run / name).is_file():
+            shutil.copy2(run / name, bundle / name)
+
+
+def ensure_devices(bundle: Path, cfg: PipelineConfig, space: Any) -> None:
+    for name in cfg.devices:
+        folder = device_dir(bundle, name)
+        profile = packaged_profile(name) if not (folder / PROFILE_FILE).is_file() else None
+        kind = profile.kind if profile else json.loads((folder / PROFILE_FILE).read_text())["kind"]
+        if (folder / PROFILE_FILE).is_file() and (kind == "flops" or (folder / PREDICTOR_FILE).is_file()):
+            continue
+        log.info("stage 2/5: profiling device %s (%d architectures)", name, cfg.profile_archs)
+        profile_device(bundle, space, profile or packaged_profile(name), num_archs=cfg.profile_archs, seed=cfg.seed)
+
+
+def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> None:
+    path = bundle / TRIPLETS_FILE
+    if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
+        return
+    from training.collect_triplets import main as collect
+
+    log.info("stage 3/5: collecting %d triplets", cfg.triplets)
+    code = collect(["--bundle", str(bundle), "--archs", str(cfg.triplets), "--val-images",
+                    str(cfg.triplet_val_images), "--calib-images", str(cfg.triplet_calib_images)])
+    if code != 0:
+        raise NagError("triplet collection failed")
+
+
+def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Path | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Build every missing stage of `bundle` (the supernet trains in `run_dir`, default runs/<profile>)."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    ensure_supernet(bundle, cfg.profile, run_dir or Path("runs") / cfg.profile)
+    timings["supernet"] = time.perf_counter() - started
+    trained = load_supernet(bundle / SUPERNET_FILE)
+    space = trained.supernet.space
+    atomic_write_bytes(bundle / SPACE_FILE, (json.dumps(json.loads(space.to_json()), indent=1) + "\n").encode())
+    ensure_devices(bundle, cfg, space)
+    timings["devices"] = time.perf_counter() - started - sum(timings.values())
+    ensure_triplets(bundle, cfg)
+    timings["triplets"] = time.perf_counter() - started - sum(timings.values())
+
+    triplets = read_triplets(bundle / TRIPLETS_FILE)
+    encoder = TokenEncoder(space)
+    archs = [t.arch(space) for t in triplets]
+    enc = encoder.encode_archs(archs)
+    acc = torch.tensor([t.val_acc for t in triplets], dtype=torch.float64)
+    log.info("stage 4/5: accuracy predictor on %d triplets", len(triplets))
+    accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
+    atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
+    metrics: dict[str, Any] = {"triplets": len(triplets), "accuracy_predictor": accuracy.metrics, "devices": {}}
+    for name in cfg.devices:
+        folder = device_dir(bundle, name)
+        device = load_device(bundle, name, space)
+        if not (folder / GENERATOR_FILE).is_file() or retrain:
+            cost = torch.tensor([t.cost[name] if name in t.cost else float(device.predict([a])[0])
+                                 for t, a in zip(triplets, archs, strict=True)], dtype=torch.float64)
+            budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
+            log.info("stage 5/5: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
+                     len(budgets), budgets[0], budgets[-1], device.unit)
+            ecfg = EvaluatorConfig(steps=cfg.evaluator_steps, seed=cfg.seed)
+            evaluator, ereport = train_evaluator(enc, cost, acc, budgets, ecfg, progress)
+            save_evaluator(folder / EVALUATOR_FILE, evaluator, encoder.dim, ecfg.hidden, ecfg.budget_dim, ereport)
+            atomic_write_bytes(folder / "evaluator_report.json", json.dumps(ereport, indent=1).encode())
+            gcfg = GeneratorConfig(steps=cfg.generator_steps, samples_per_budget=cfg.samples_per_budget,
+                                   entropy_weight=cfg.entropy_weight, seed=cfg.seed)
+            torch.manual_seed(cfg.seed)
+            generator = Generator(space, budgets, gcfg.hidden, gcfg.budget_dim)
+
+            def feasible(tokens: torch.Tensor, budget: float, device: Any = device) -> float:
+                costs = device.predict([from_tokens(t, space) for t in tokens.tolist()])
+                return float((costs <= budget).mean())
+
+            history = train_generator(generator, evaluator, gcfg, feasible, folder / "generator_log.jsonl",
+                                      progress)
+            save_generator(folder / GENERATOR_FILE, generator, gcfg.__dict__)
+            last = history[-1] if history else {}
+            metrics["devices"][name] = {
+                "budgets": budgets, "unit": device.unit,
+                "evaluator_heldout_agreement": ereport["heldout"]["overall"],
+                "evaluator_heldout_per_budget": ereport["heldout"]["per_budget"],
+                "generator_final_mean_reward": last.get("mean_reward"),
+                "generator_final_feasible": last.get("feasible"),
+                "generator_final_entropy": last.get("entropy"),
+            }
+        else:
+            log.info("device %s: evaluator and generator already built", name)
+    timings["models"] = time.perf_counter() - started - sum(timings.values())
+    manifest_path = bundle / "manifest.json"
+    if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
+            timings["triplets"] < 1.0 and not retrain:
+        return json.loads(manifest_path.read_text())  # nothing was built: the bundle stays as it is
+    metrics["build_seconds"] = timings
+    old = {}
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text()).get("metrics", {})
+    merged = {**old, **metrics, "devices": {**old.get("devices", {}), **metrics["devices"]}}
+    summary = bundle / "summary.json"
+    supernet_summary = json.loads(summary.read_text()) if summary.is_file() else {}
+    manifest = write_manifest(bundle, bundle.name, space, cfg.default_device,
+                              {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
+                              {**merged, "supernet": supernet_summary})
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--profile", default="default")
+    p.add_argument("--bundle", help="bundle directory (default: bundles/<profile>)")
+    p.add_argument("--retrain", action="store_true", help="retrain evaluators and generators even if present")
+    p.add_argument("--threads", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bundle = Path(args.bundle or f"bundles/{args.profile}")
+    started = time.perf_counter()
+    try:
+        manifest = build(bundle, pipeline(args.profile), args.retrain)
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"bundle {bundle} ({manifest['bundle_id']}) ready in {time.perf_counter() - started:.0f} s; "
+          f"devices {manifest['devices']}")
+    for name, m in manifest["metrics"].get("devices", {}).items():
+        print(f"  {name}: evaluator held-out agreement {m['evaluator_heldout_agreement']:.3f}; generator "
+              f"feasible share at the last step {m.get('generator_final_feasible')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
