@@ -88,8 +88,9 @@ class RunningServer:
                      ("grpc.max_receive_message_length", 1024 * 1024)],
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.service: GeneratorService | None = None
-        self._registered = False
+        # Registered before start (gRPC does not take handlers later); it answers UNAVAILABLE until load().
+        self.service = GeneratorService(options.service, self.metrics)
+        pb_grpc.add_ArchitectureGeneratorServiceServicer_to_server(self.service, self.server)
         address = f"{options.host}:{options.port}"
         try:
             if options.tls_cert and options.tls_key:
@@ -116,31 +117,26 @@ class RunningServer:
     def load(self, bundle: Bundle | None = None) -> None:
         """Load (or take) the bundle, warm up on its biggest child, then answer SERVING."""
         bundle = bundle or load_bundle(self.options.bundle)
-        service = GeneratorService(bundle, self.options.service, self.metrics)
-        largest = _warm_up(bundle, service)
+        largest = _warm_up(bundle, self.options.service.calibration_images)
         if largest > CLIENT_DEFAULT_RECEIVE:
             log.warning("the largest child's ONNX model is %.1f MB: clients need grpc.max_receive_message_length "
                         "above gRPC's 4 MB default", largest / 1e6)
         if largest > self.max_message:
             raise NagError(f"the largest child ({largest / 1e6:.1f} MB) exceeds the server's message limit")
-        self.service = service
-        if not self._registered:
-            pb_grpc.add_ArchitectureGeneratorServiceServicer_to_server(service, self.server)
-            self._registered = True
+        self.service.attach(bundle)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info("bundle %s loaded, devices %s; largest model %.2f MB; SERVING", bundle.bundle_id,
                  sorted(bundle.devices), largest / 1e6)
 
     def stop(self, grace: float = 30.0) -> None:
-        if self.service is not None:
-            self.service.draining.set()
+        self.service.draining.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
 
 
-def _warm_up(bundle: Bundle, service: GeneratorService) -> int:
+def _warm_up(bundle: Bundle, calibration_images: int) -> int:
     """Build the biggest child once (warms torch and ONNX paths) and return its ONNX size in bytes."""
-    exported = export_child(bundle, biggest(bundle.space), service.config.calibration_images, check=True)
+    exported = export_child(bundle, biggest(bundle.space), calibration_images, check=True)
     return len(exported.onnx)
 
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             device = next(d for d in devices.devices if d.name == name)
             lo, hi = device.min_cost, device.max_cost
             budgets = [lo + f * (hi - lo) for f in (0.15, 0.5, 0.9)]
-            space = running.service.bundle.space  # type: ignore[union-attr]
+            space = running.service.bundle.space
             test = load_test_set(DataSource(), space.input.size, space.input.channels)
             images, labels = test.as_float().numpy(), test.labels.numpy()
             rows = []

@@ -60,15 +60,26 @@ def _architecture_message(g: Generated) -> pb.Architecture:
 
 
 class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
-    def __init__(self, bundle: Bundle, config: ServiceConfig, metrics: ServerMetrics):
-        self.bundle = bundle
+    def __init__(self, config: ServiceConfig, metrics: ServerMetrics):
         self.config = config
         self.metrics = metrics
         self.cache: ByteLRU[ExportedModel] = ByteLRU(int(config.cache_mb * 1e6))
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
         self.draining = threading.Event()
+        self._bundle: Bundle | None = None
+        self.input_shape: list[int] = []
+
+    def attach(self, bundle: Bundle) -> None:
+        """Start answering with `bundle` (until then every RPC gets UNAVAILABLE)."""
         space = bundle.space
         self.input_shape = [-1, space.input.channels, space.input.size, space.input.size]
+        self._bundle = bundle
+
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly")
+        return self._bundle
 
     # -- plumbing -------------------------------------------------------------------------------
 
@@ -77,10 +88,11 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         """Admission control, metrics and the mapping of errors to status codes for one RPC."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
-        if self.draining.is_set():
+        if self.draining.is_set() or self._bundle is None:
             code = grpc.StatusCode.UNAVAILABLE
             self.metrics.requests.labels(method, code.name).inc()
-            context.abort(code, "the server is shutting down; retry on another replica")
+            context.abort(code, "the server is shutting down; retry on another replica" if self.draining.is_set()
+                          else "the server is still loading its bundle; retry shortly")
         if not self._slots.acquire(blocking=False):
             code = grpc.StatusCode.RESOURCE_EXHAUSTED
             self.metrics.rejected.inc()

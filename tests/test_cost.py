@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture()
 def quick_cpu() -> DeviceProfile:
     return dataclasses.replace(packaged_profile("cpu"), name="quick", warmup_runs=2, timed_runs=3, rounds=2,
-                               max_noise=1.0)
+                               max_noise=1.0, max_drift=10.0)
 
 
 def test_packaged_profiles_are_valid() -> None:

@@ -37,6 +37,7 @@ class DeviceProfile:
     timed_runs: int = 12
     rounds: int = 10
     max_noise: float = 0.03  # relative standard error of the median above this flags a measurement
+    max_drift: float = 0.04  # a chunk whose anchor architectures moved more than this is measured again
 
     def __post_init__(self) -> None:
         problems = []
@@ -46,8 +47,8 @@ class DeviceProfile:
             problems.append(f"kind {self.kind!r} must be one of {list(KINDS)}")
         if min(self.intra_op_threads, self.batch_size, self.timed_runs, self.rounds) < 1 or self.warmup_runs < 0:
             problems.append("intra_op_threads, batch_size, timed_runs and rounds must be >= 1, warmup_runs >= 0")
-        if not self.max_noise > 0:
-            problems.append("max_noise must be > 0")
+        if not self.max_noise > 0 or not self.max_drift > 0:
+            problems.append("max_noise and max_drift must be > 0")
         if problems:
             raise DeviceError(f"device profile {self.name!r} is invalid: " + "; ".join(problems))
 

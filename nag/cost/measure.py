@@ -158,14 +158,14 @@ def _chunk_factor(anchor_runs: list[LatencyMeasurement], reference: dict[str, fl
 
 
 def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile, *,
-                      chunk_size: int = 50, retries: int = 2, drift_tolerance: float = 0.04, seed: int = 0,
+                      chunk_size: int = 50, retries: int = 2, seed: int = 0,
                       on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None
                       ) -> list[LatencyMeasurement]:
     """Measure every architecture in chunks of interleaved rounds, guarding against machine drift.
 
     A shared machine changes speed over minutes (here one chunk in eight ran 30% slower), which
     interleaving within a chunk cannot see. So three anchor architectures are measured inside every
-    chunk; a chunk whose anchors are off by more than `drift_tolerance` from the first chunk's is
+    chunk; a chunk whose anchors are off by more than the profile's `max_drift` from the first chunk's is
     measured again (at most `retries` times, keeping the attempt closest to the reference), and if
     it stays off, its measurements are flagged unstable. Noisy single measurements are flagged too.
     `on_chunk` is called with each finished chunk (for progress and incremental saving).
@@ -191,12 +191,12 @@ def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile
             drift = abs(_chunk_factor(anchor_runs, reference) - 1)
             if best is None or drift < best[0]:
                 best = (drift, measured)
-            if drift <= drift_tolerance:
+            if drift <= profile.max_drift:
                 break
             log.info("chunk at %d drifted %.1f%% from the reference; measuring it again", start, 100 * drift)
         assert best is not None
         drift, measured = best
-        if drift > drift_tolerance:
+        if drift > profile.max_drift:
             log.warning("chunk at %d still drifts %.1f%%; its measurements are flagged unstable", start, 100 * drift)
             measured = [replace(m, stable=False) for m in measured]
         results += measured

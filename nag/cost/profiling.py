@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from nag.cost.device import DeviceProfile, check_runnable
+from nag.cost.device import DeviceError, DeviceProfile, check_runnable
 from nag.cost.measure import LatencyMeasurement, measure_latencies
 from nag.cost.metrics import prediction_metrics
 from nag.cost.predictor import LatencyPredictor
@@ -53,6 +53,9 @@ def fit_device(measurements: list[LatencyMeasurement], space: SearchSpace, profi
     """Fit on the stable measurements: held-out metrics from a fit without the held-out part, then the
     shipped predictor refitted on all of them. A MACs-only linear fit on the same split is the baseline."""
     stable = [m for m in measurements if m.stable]
+    if len(stable) < 10:
+        raise DeviceError(f"only {len(stable)} of {len(measurements)} measurements of device {profile.name!r} are "
+                          "stable; the machine is too noisy (stop other work, or raise max_noise/max_drift)")
     archs = [Architecture.from_json(m.arch_json, space) for m in stable]
     y = np.array([m.median for m in stable])
     train, test = split_holdout(len(stable), holdout_fraction, seed)
