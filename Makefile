@@ -7,7 +7,7 @@ BUNDLE ?= bundles/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PHONY_TARGETS := proto collect train-generator serve
+PHONY_TARGETS := proto collect train-generator serve bench-generator bench-server
 .PHONY: $(PHONY_TARGETS) setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
 
 setup: .venv/.installed data proto
@@ -76,6 +76,14 @@ bench-standalone: setup
 # Latency measurement noise, predictor accuracy (PNG) and predictor throughput for one device.
 bench-latency: setup
 	$(PY) -m benchmarks.measure_latency --bundle $(BUNDLE) --device $(DEVICE)
+
+# Generator feasibility (predicted and measured), pick quality, generation time, frontier PNG.
+bench-generator: setup
+	$(PY) -m benchmarks.generator_quality --bundle $(BUNDLE) --device $(DEVICE)
+
+# Server p50/p99 and req/s, uncached vs cached, 1 vs 32 clients, and a 60 s soak (about 2 minutes).
+bench-server: setup
+	$(PY) -m benchmarks.server_load --bundle $(BUNDLE)
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache
