@@ -136,3 +136,19 @@ def test_bundle_manifest_is_verified(tiny_bundle: Path, tmp_path: Path) -> None:
     (copy / "manifest.json").unlink()
     with pytest.raises(BundleError, match=r"manifest\.json is missing"):
         load_bundle(copy)
+
+
+def test_a_device_dropped_into_the_bundle_is_trained_and_served(tiny_bundle: Path, tmp_path: Path) -> None:
+    from nag.config import pipeline
+    from nag.cost.device import DeviceProfile
+    from training.train_generator import build
+
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    other = copy / "devices" / "macs2"
+    other.mkdir()
+    (other / "device.json").write_text(DeviceProfile(name="macs2", kind="flops").to_json())
+    manifest = build(copy, pipeline("tiny"), progress=False)
+    assert manifest["devices"] == ["flops", "macs2"]
+    bundle = load_bundle(copy)
+    assert generate(bundle, 8.0, "macs2", seed=0).predicted_cost <= 8.0

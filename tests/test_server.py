@@ -221,3 +221,48 @@ def test_sigterm_finishes_in_flight_calls(tiny_bundle: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_cli_generate_remote_and_local(server: RunningServer, tiny_bundle: Path, tmp_path: Path) -> None:
+    def nag(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "nag.cli", "generate", *args], capture_output=True, text=True,
+                              cwd=REPO, timeout=120)
+
+    remote = nag("--macs", "6e6", "--seed", "4", "-o", str(tmp_path / "r.onnx"), "--server",
+                 f"127.0.0.1:{server.port}")
+    assert remote.returncode == 0, remote.stderr
+    assert "predicted accuracy" in remote.stdout and "wrote" in remote.stdout
+    local = nag("--macs", "6e6", "--seed", "4", "-o", str(tmp_path / "l.onnx"), "--local", "--bundle", str(tiny_bundle))
+    assert local.returncode == 0, local.stderr
+    arch_line = [line for line in remote.stdout.splitlines() if line.startswith("architecture")]
+    assert arch_line == [line for line in local.stdout.splitlines() if line.startswith("architecture")]
+    ort.InferenceSession(str(tmp_path / "l.onnx"), providers=["CPUExecutionProvider"])
+    bad = nag("--macs", "-1", "-o", str(tmp_path / "x.onnx"), "--server", f"127.0.0.1:{server.port}")
+    assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_client_deadline_is_reported(stub) -> None:  # type: ignore[no-untyped-def]
+    code, _ = _code(lambda: stub.GetFrontier(pb.GetFrontierRequest(points=200, candidates=512), timeout=0.05))
+    assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+@pytest.mark.skipif(subprocess.run(["which", "openssl"], capture_output=True).returncode != 0,
+                    reason="needs the openssl command to make a test certificate")
+def test_tls(tiny_bundle: Path, tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    running = RunningServer(ServerOptions(bundle=tiny_bundle, port=0, metrics_port=-1, tls_cert=cert, tls_key=key))
+    running.load()
+    try:
+        creds = grpc.ssl_channel_credentials(cert.read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", creds) as ch:
+            r = pb_grpc.ArchitectureGeneratorServiceStub(ch).ListDevices(pb.ListDevicesRequest(), timeout=10)
+            assert r.devices
+        with channel(f"127.0.0.1:{running.port}") as plain:  # a plaintext client cannot talk to it
+            code, _ = _code(lambda: pb_grpc.ArchitectureGeneratorServiceStub(plain).ListDevices(
+                pb.ListDevicesRequest(), timeout=5))
+            assert code == grpc.StatusCode.UNAVAILABLE
+    finally:
+        running.stop(1)

@@ -40,7 +40,7 @@ from nag.core.generator import Generator, GeneratorConfig, train_generator
 from nag.core.triplets import read_triplets
 from nag.cost.device import packaged_profile
 from nag.cost.profiling import profile_device
-from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, load_device
+from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, list_devices, load_device
 from nag.errors import NagError
 from nag.space.arch import from_tokens
 from nag.supernet.io import load_supernet
@@ -111,7 +111,8 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
     atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
     metrics: dict[str, Any] = {"triplets": len(triplets), "accuracy_predictor": accuracy.metrics, "devices": {}}
-    for name in cfg.devices:
+    # Devices profiled elsewhere and copied into devices/ get their evaluator and generator here too.
+    for name in sorted(set(cfg.devices) | set(list_devices(bundle))):
         folder = device_dir(bundle, name)
         device = load_device(bundle, name, space)
         if not (folder / GENERATOR_FILE).is_file() or retrain:
