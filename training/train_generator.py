@@ -116,8 +116,8 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
         folder = device_dir(bundle, name)
         device = load_device(bundle, name, space)
         if not (folder / GENERATOR_FILE).is_file() or retrain:
-            cost = torch.tensor([t.cost[name] if name in t.cost else float(device.predict([a])[0])
-                                 for t, a in zip(triplets, archs, strict=True)], dtype=torch.float64)
+            # Costed by the device's current predictor (the triplets' stored costs may predate a re-profile).
+            cost = torch.tensor(device.predict(archs), dtype=torch.float64)
             budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
             log.info("stage 5/5: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
                      len(budgets), budgets[0], budgets[-1], device.unit)

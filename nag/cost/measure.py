@@ -45,10 +45,18 @@ class LatencyMeasurement:
     round_medians: tuple[float, ...]
     runs: int
     stable: bool
+    # Speed of the machine while this measurement's chunk ran, relative to the first chunk (the
+    # median ratio of the anchor architectures); `corrected` divides it out.
+    drift: float = 1.0
 
     @property
     def spread(self) -> float:
         return (self.p90 - self.p10) / self.median if self.median > 0 else 0.0
+
+    @property
+    def corrected(self) -> float:
+        """The median with the chunk's common-mode drift divided out: what the predictor is fitted on."""
+        return self.median / self.drift
 
     @property
     def noise(self) -> float:
@@ -68,7 +76,7 @@ class LatencyMeasurement:
             arch_id=str(raw["arch_id"]), arch_json=str(raw["arch_json"]), macs=int(raw["macs"]),
             median=float(raw["median"]), p10=float(raw["p10"]), p90=float(raw["p90"]),
             round_medians=tuple(float(v) for v in raw["round_medians"]), runs=int(raw["runs"]),
-            stable=bool(raw["stable"]),
+            stable=bool(raw["stable"]), drift=float(raw.get("drift", 1.0)),
         )
 
 
@@ -182,20 +190,22 @@ def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile
     results: list[LatencyMeasurement] = []
     for start in range(0, len(archs), chunk_size):
         chunk = list(archs[start:start + chunk_size])
-        best: tuple[float, list[LatencyMeasurement]] | None = None
+        best: tuple[float, float, list[LatencyMeasurement]] | None = None
         for _ in range(1 + retries):
             measured = _measure_chunk(chunk + anchors, space, profile, rng)
             measured, anchor_runs = measured[:len(chunk)], measured[len(chunk):]
             if reference is None:
                 reference = {m.arch_id: m.median for m in anchor_runs}
-            drift = abs(_chunk_factor(anchor_runs, reference) - 1)
+            factor = _chunk_factor(anchor_runs, reference)
+            drift = abs(factor - 1)
             if best is None or drift < best[0]:
-                best = (drift, measured)
+                best = (drift, factor, measured)
             if drift <= profile.max_drift:
                 break
             log.info("chunk at %d drifted %.1f%% from the reference; measuring it again", start, 100 * drift)
         assert best is not None
-        drift, measured = best
+        drift, factor, measured = best
+        measured = [replace(m, drift=factor) for m in measured]
         if drift > profile.max_drift:
             log.warning("chunk at %d still drifts %.1f%%; its measurements are flagged unstable", start, 100 * drift)
             measured = [replace(m, stable=False) for m in measured]

@@ -57,7 +57,7 @@ def fit_device(measurements: list[LatencyMeasurement], space: SearchSpace, profi
         raise DeviceError(f"only {len(stable)} of {len(measurements)} measurements of device {profile.name!r} are "
                           "stable; the machine is too noisy (stop other work, or raise max_noise/max_drift)")
     archs = [Architecture.from_json(m.arch_json, space) for m in stable]
-    y = np.array([m.median for m in stable])
+    y = np.array([m.corrected for m in stable])
     train, test = split_holdout(len(stable), holdout_fraction, seed)
     held = LatencyPredictor.fit([archs[i] for i in train], y[train], space, profile.name, profile.unit, seed=seed)
     predicted = held.predict([archs[i] for i in test])
