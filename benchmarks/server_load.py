@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     server.stop()
     unexpected = {k: v for k, v in soak["errors"].items() if k != "RESOURCE_EXHAUSTED"}
     data["soak"] = {**soak, "rss_start_mb": rss_start, "rss_end_mb": rss_end,
-                    "rss_max_mb": max(rss_samples, default=rss_end), "unexpected_errors": unexpected}
+                    "rss_max_mb": max([*rss_samples, rss_end]), "unexpected_errors": unexpected}
     print("soak", data["soak"], flush=True)
     md = (f"# Server load over loopback (bundle `{args.bundle}`, device `{args.device}`)\n\n"
           f"Server in its own process; {os.cpu_count()} CPU cores shared by server and clients.\n\n")
