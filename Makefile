@@ -7,7 +7,7 @@ BUNDLE ?= bundles/$(PROFILE)
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PHONY_TARGETS := proto collect train-generator serve bench-generator bench-server
+PHONY_TARGETS := proto collect train-generator serve bench-generator bench-server bench-frontier bench-frontier-goal
 .PHONY: $(PHONY_TARGETS) setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
 
 setup: .venv/.installed data proto
@@ -84,6 +84,20 @@ bench-generator: setup
 # Server p50/p99 and req/s, uncached vs cached, 1 vs 32 clients, and a 60 s soak (about 2 minutes).
 bench-server: setup
 	$(PY) -m benchmarks.server_load --bundle $(BUNDLE)
+
+# NAG against random, evolutionary (supernet and MLP predictor) and BigNAS coarse-to-fine search at 10
+# budgets, and PNAG's Tables 2-5 (about 30 minutes on 2 cores; QUICK=1: the demo bundle in minutes).
+bench-frontier: setup
+ifdef QUICK
+	$(PY) -m benchmarks.frontier --bundle bundles/demo --device cpu --quick --name frontier_quick
+else
+	$(PY) -m benchmarks.frontier --bundle $(BUNDLE) --device $(DEVICE)
+endif
+
+# The goal: NAG against evolution with 1,000 supernet evaluations per budget (about an hour on 2 cores).
+bench-frontier-goal: setup
+	$(PY) -m benchmarks.frontier --bundle $(BUNDLE) --device $(DEVICE) --methods nag,evolution \
+		--evolution-evaluations 1000 --no-ablations --name frontier_goal
 
 clean:
 	rm -rf runs .pytest_cache .ruff_cache

@@ -28,11 +28,11 @@ def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(RESULTS / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
-    atomic_write_bytes(RESULTS / f"{name}.md", markdown.encode())
-    return RESULTS / f"{name}.json"
+def write_results(name: str, data: dict[str, Any], markdown: str, directory: Path = RESULTS) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(directory / f"{name}.json", (json.dumps(data, indent=1) + "\n").encode())
+    atomic_write_bytes(directory / f"{name}.md", markdown.encode())
+    return directory / f"{name}.json"
 
 
 def spearman(a: list[float], b: list[float]) -> float:

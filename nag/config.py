@@ -9,7 +9,8 @@ from typing import Any
 from nag.data.source import DataSource
 from nag.errors import NagError
 
-MIDDLE_SAMPLERS = ("uniform",)
+MIDDLE_SAMPLERS = ("uniform", "attentive-best", "attentive-worst")
+ATTENTIVE_PROXIES = ("loss", "predictor")
 # "sandwich" is the BigNAS recipe; the others train one fixed child alone (the standalone baseline).
 TRAIN_MODES = ("sandwich", "biggest-only", "smallest-only")
 
@@ -30,7 +31,10 @@ class SupernetTrainConfig:
     weight_decay: float = 4e-5  # applied to the biggest child only
     label_smoothing: float = 0.1  # for the biggest child, the only one that sees labels
     num_middle_children: int = 2
-    middle_sampler: str = "uniform"  # hook for attentive sampling
+    middle_sampler: str = "uniform"  # or AttentiveNAS's "attentive-best" / "attentive-worst"
+    attentive_candidates: int = 3  # k candidates near each MACs target
+    attentive_proxy: str = "loss"  # mini-batch cross-entropy, or "predictor" (an accuracy predictor JSON)
+    attentive_predictor: str | None = None
     train_mode: str = "sandwich"
     crop_pad: int = 1
     flip: bool = True
@@ -51,6 +55,10 @@ class SupernetTrainConfig:
             problems.append("lr_floor and decay_fraction must lie in (0, 1]")
         if self.middle_sampler not in MIDDLE_SAMPLERS:
             problems.append(f"middle_sampler must be one of {list(MIDDLE_SAMPLERS)}")
+        if self.attentive_candidates < 1 or self.attentive_proxy not in ATTENTIVE_PROXIES:
+            problems.append(f"attentive_candidates must be >= 1 and attentive_proxy one of {list(ATTENTIVE_PROXIES)}")
+        if self.attentive_proxy == "predictor" and self.middle_sampler != "uniform" and not self.attentive_predictor:
+            problems.append("attentive_proxy 'predictor' needs attentive_predictor (an accuracy predictor JSON)")
         if self.train_mode not in TRAIN_MODES:
             problems.append(f"train_mode must be one of {list(TRAIN_MODES)}")
         if self.num_middle_children < 0 or self.crop_pad < 0:
@@ -115,6 +123,9 @@ class PipelineConfig:
     generator_steps: int = 400
     samples_per_budget: int = 32  # N
     entropy_weight: float = 0.05  # λ (with per-budget normalised advantages)
+    # FP-NAS options for generator training (off: `benchmarks/ablations.py` did not show a gain).
+    adaptive_lambda: float | None = None  # samples per budget = λ·entropy instead of N
+    factorized_steps: int = 0  # coarse-to-fine: factorized distribution for the first steps
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:

@@ -126,9 +126,10 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             save_evaluator(folder / EVALUATOR_FILE, evaluator, encoder.dim, ecfg.hidden, ecfg.budget_dim, ereport)
             atomic_write_bytes(folder / "evaluator_report.json", json.dumps(ereport, indent=1).encode())
             gcfg = GeneratorConfig(steps=cfg.generator_steps, samples_per_budget=cfg.samples_per_budget,
-                                   entropy_weight=cfg.entropy_weight, seed=cfg.seed)
+                                   entropy_weight=cfg.entropy_weight, adaptive_lambda=cfg.adaptive_lambda,
+                                   factorized_steps=cfg.factorized_steps, seed=cfg.seed)
             torch.manual_seed(cfg.seed)
-            generator = Generator(space, budgets, gcfg.hidden, gcfg.budget_dim)
+            generator = Generator(space, budgets, gcfg.hidden, gcfg.budget_dim, factorized=gcfg.factorized_steps > 0)
 
             def feasible(tokens: torch.Tensor, budget: float, device: Any = device) -> float:
                 costs = device.predict([from_tokens(t, space) for t in tokens.tolist()])

@@ -37,6 +37,7 @@ from nag.space.space import SearchSpace
 from nag.supernet.evaluate import child_accuracy
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
+from nag.train.attentive import AttentiveSampler
 from nag.train.sandwich import MIDDLE_SAMPLERS, SandwichObjective, sandwich_children
 from nag.train.schedule import lr_at
 
@@ -108,7 +109,12 @@ class SupernetTrainer:
             raise NagError(f"{len(self.train)} training images are fewer than one global batch")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
-        self.sampler = MIDDLE_SAMPLERS[cfg.middle_sampler]
+        self.sampler = MIDDLE_SAMPLERS["uniform"]
+        self.attentive: AttentiveSampler | None = None
+        if cfg.middle_sampler.startswith("attentive-"):
+            self.attentive = AttentiveSampler(self.supernet, self.space, cfg.middle_sampler.removeprefix("attentive-"),
+                                              cfg.attentive_candidates, cfg.attentive_proxy, cfg.attentive_predictor,
+                                              cfg.seed)
         # Standalone baselines train one fixed child instead of the sandwich.
         fixed = {"biggest-only": ("biggest", biggest), "smallest-only": ("smallest", smallest)}.get(cfg.train_mode)
         self.fixed_child: tuple[str, Architecture] | None = None if fixed is None else (fixed[0], fixed[1](self.space))
@@ -167,8 +173,15 @@ class SupernetTrainer:
         if self.fixed_child is not None:
             children = [self.fixed_child[1]]
         else:
+            sampler = self.sampler
+            if self.attentive is not None:
+                attentive = self.attentive
+
+                def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
+                    return attentive.choose(images, labels, rng, count)
+
             children = sandwich_children(self.space, random.Random(step_seed(cfg, self.step, 1)),
-                                         cfg.num_middle_children, self.sampler)
+                                         cfg.num_middle_children, sampler)
         if self.dist.world > 1:
             self.children_seen.append([a.arch_id for a in children])
         torch.manual_seed(step_seed(cfg, self.step, 2) * 64 + self.dist.rank)  # dropout
@@ -239,6 +252,8 @@ class SupernetTrainer:
                     }
                     last_eval = self.evaluate()
                     record.update(last_eval)
+                    if self.attentive is not None:
+                        record.update(self.attentive.stats())
                     with log_path.open("a") as fh:
                         fh.write(json.dumps(record) + "\n")
                     log.info("epoch %s", record)
@@ -279,6 +294,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--train-mode", choices=["sandwich", "biggest-only", "smallest-only"],
                    help="sandwich (BigNAS) or one fixed child trained alone (baseline)")
+    p.add_argument("--middle-sampler", choices=["uniform", "attentive-best", "attentive-worst"],
+                   help="how the two middle children of each sandwich step are chosen (default: uniform)")
+    p.add_argument("--attentive-candidates", type=int, help="k candidates per attentive draw (default 3)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")
     p.add_argument("--space", dest="space_path", help="search space JSON (default: the packaged one)")
     p.add_argument("--data-kind", choices=["fashion-mnist", "idx", "folder"])
@@ -288,7 +306,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
     cfg = profile(args.profile).with_overrides(epochs=args.epochs, train_subset=args.train_subset, seed=args.seed,
-                                               space_path=args.space_path, train_mode=args.train_mode)
+                                               space_path=args.space_path, train_mode=args.train_mode,
+                                               middle_sampler=args.middle_sampler,
+                                               attentive_candidates=args.attentive_candidates)
     if args.data_kind or args.data_root:
         from nag.data import DataSource
 

@@ -68,14 +68,16 @@ def load_evaluator(path: Path) -> Evaluator:
 def save_generator(path: Path, model: Generator, config: dict[str, Any]) -> None:
     save_artifact(path, {"kind": "generator", "state": model.state_dict(), "hidden": model.hidden,
                          "budget_dim": model.budget.table.embedding_dim,
-                         "budgets": [float(b) for b in model.budget.budgets], "config": json.dumps(config)})
+                         "budgets": [float(b) for b in model.budget.budgets], "factorized": model.factorized,
+                         "config": json.dumps(config)})
 
 
 def load_generator(path: Path, space: SearchSpace) -> Generator:
     raw = load_artifact(path, "generator")
     if raw.get("kind") != "generator":
         raise BundleError(f"{path} is not a generator")
-    model = Generator(space, list(raw["budgets"]), int(raw["hidden"]), int(raw["budget_dim"]))
+    model = Generator(space, list(raw["budgets"]), int(raw["hidden"]), int(raw["budget_dim"]),
+                      bool(raw.get("factorized", False)))
     try:
         model.load_state_dict(raw["state"])
     except RuntimeError as exc:

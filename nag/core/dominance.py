@@ -19,3 +19,14 @@ def dominance_tensor(cost1: torch.Tensor, acc1: torch.Tensor, cost2: torch.Tenso
     by_acc = torch.where(acc1 >= acc2, 1.0, -1.0)
     by_cost = torch.where(cost1 <= cost2, 1.0, -1.0)
     return torch.where(both, by_acc, by_cost)
+
+
+def dominance_cost_only(cost1: torch.Tensor, acc1: torch.Tensor, cost2: torch.Tensor, acc2: torch.Tensor,
+                        budget: torch.Tensor) -> torch.Tensor:
+    """Eq. 6 without its accuracy constraint (PNAG Remark 1, Table 2): the cheaper architecture dominates."""
+    del acc1, acc2, budget
+    return torch.where(cost1 <= cost2, 1.0, -1.0)
+
+
+# d(cost1, acc1, cost2, acc2, budget) -> ±1, element-wise.
+DOMINANCE_RULES = {"pareto": dominance_tensor, "cost-only": dominance_cost_only}

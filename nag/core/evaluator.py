@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from nag.core.budgets import BudgetEmbedding
-from nag.core.dominance import dominance_tensor
+from nag.core.dominance import DOMINANCE_RULES
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,12 @@ class EvaluatorConfig:
     eval_every: int = 200
     patience: int = 5  # evaluations without improvement before stopping
     eval_pairs_per_budget: int = 20_000
+    rule: str = "pareto"  # "cost-only" drops Eq. 6's accuracy constraint (the Table 2 ablation)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.rule not in DOMINANCE_RULES:
+            raise ValueError(f"rule must be one of {sorted(DOMINANCE_RULES)}, got {self.rule!r}")
 
 
 class Evaluator(nn.Module):
@@ -51,8 +56,8 @@ class Evaluator(nn.Module):
 
 
 def hinge_pair_loss(evaluator: Evaluator, enc: torch.Tensor, cost: torch.Tensor, acc: torch.Tensor,
-                    i: torch.Tensor, j: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-    d = dominance_tensor(cost[i], acc[i], cost[j], acc[j], budget)
+                    i: torch.Tensor, j: torch.Tensor, budget: torch.Tensor, rule: str = "pareto") -> torch.Tensor:
+    d = DOMINANCE_RULES[rule](cost[i], acc[i], cost[j], acc[j], budget)
     margin = d * (evaluator(enc[i], budget) - evaluator(enc[j], budget))
     return torch.clamp(1 - margin, min=0).mean()
 
@@ -65,7 +70,7 @@ def _distinct_pairs(n: int, count: int, gen: torch.Generator) -> tuple[torch.Ten
 
 @torch.no_grad()
 def pairwise_agreement(evaluator: Evaluator, enc: torch.Tensor, cost: torch.Tensor, acc: torch.Tensor,
-                       budgets: list[float], pairs: int, seed: int) -> dict[str, Any]:
+                       budgets: list[float], pairs: int, seed: int, rule: str = "pareto") -> dict[str, Any]:
     """Share of sampled pairs where sign(R(βi|B) − R(βj|B)) equals d(βi, βj, B), per budget and overall."""
     gen = torch.Generator().manual_seed(seed)
     evaluator.eval()
@@ -73,7 +78,7 @@ def pairwise_agreement(evaluator: Evaluator, enc: torch.Tensor, cost: torch.Tens
     for b in budgets:
         i, j = _distinct_pairs(len(enc), pairs, gen)
         budget = torch.full((pairs,), float(b))
-        d = dominance_tensor(cost[i], acc[i], cost[j], acc[j], budget)
+        d = DOMINANCE_RULES[rule](cost[i], acc[i], cost[j], acc[j], budget)
         scores = evaluator(enc, torch.full((len(enc),), float(b)))
         agree = torch.sign(scores[i] - scores[j]) == d
         per_budget.append(float(agree.float().mean()))
@@ -100,13 +105,13 @@ def train_evaluator(enc: torch.Tensor, cost: torch.Tensor, acc: torch.Tensor, bu
         model.train()
         i, j = _distinct_pairs(len(train), cfg.batch_size, gen)
         budget = lo + (hi - lo) * torch.rand(cfg.batch_size, generator=gen, dtype=torch.float64)
-        loss = hinge_pair_loss(model, enc[train], cost[train], acc[train], i, j, budget)
+        loss = hinge_pair_loss(model, enc[train], cost[train], acc[train], i, j, budget, cfg.rule)
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % cfg.eval_every == 0 or step == cfg.steps:
             agreement = pairwise_agreement(model, enc[held], cost[held], acc[held], budgets,
-                                           cfg.eval_pairs_per_budget // 4, cfg.seed + 1)["overall"]
+                                           cfg.eval_pairs_per_budget // 4, cfg.seed + 1, cfg.rule)["overall"]
             history.append({"step": step, "loss": loss.item(), "heldout_agreement": agreement})
             bar.set_postfix(loss=f"{loss.item():.3f}", agree=f"{agreement:.3f}")
             if agreement > best[0]:
@@ -119,9 +124,9 @@ def train_evaluator(enc: torch.Tensor, cost: torch.Tensor, acc: torch.Tensor, bu
                     break
     model.load_state_dict(best[1])
     final = pairwise_agreement(model, enc[held], cost[held], acc[held], budgets, cfg.eval_pairs_per_budget,
-                               cfg.seed + 2)
+                               cfg.seed + 2, cfg.rule)
     train_agree = pairwise_agreement(model, enc[train], cost[train], acc[train], budgets,
-                                     cfg.eval_pairs_per_budget // 4, cfg.seed + 3)["overall"]
+                                     cfg.eval_pairs_per_budget // 4, cfg.seed + 3, cfg.rule)["overall"]
     report = {"heldout": final, "train_agreement": train_agree, "best_step": best[2], "history": history,
               "train_archs": len(train), "heldout_archs": len(held)}
     return model.eval(), report

@@ -4,6 +4,14 @@ At each decision the LSTM cell reads the previous choice's embedding joined with
 embedding and a per-decision linear head gives the softmax over that decision's choices. Layer
 decisions beyond their stage's sampled depth are still drawn (the sequence has a fixed length) but
 count neither in the log-probability nor in the entropy: they do not change the architecture.
+
+Two options from FP-NAS (both off by default):
+- adaptive sampling (FP-NAS Eq. 4): each budget draws K = λ·H architectures per step, H being the
+  policy's entropy at that budget in the previous step, clipped to a range;
+- coarse-to-fine: a `factorized` generator adds per-decision logits computed from the budget embedding
+  alone and starts with zero LSTM heads. For the first `factorized_steps` only those logits are used
+  and trained (every decision independent given the budget: a factorized distribution); then the LSTM
+  heads join in. Because they start at zero, the switch leaves the distribution unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +50,29 @@ class GeneratorConfig:
     normalize_advantage: bool = True
     log_every: int = 20
     seed: int = 0
+    # FP-NAS adaptive sampling: samples per budget = clip(round(λ·H), min, max); None keeps N fixed.
+    adaptive_lambda: float | None = None
+    min_samples: int = 4
+    max_samples: int = 64
+    # FP-NAS coarse-to-fine: steps with the factorized distribution first (needs a factorized Generator).
+    factorized_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.adaptive_lambda is not None and self.adaptive_lambda <= 0:
+            raise ValueError("adaptive_lambda must be > 0 (or None for a fixed sample count)")
+        if not 2 <= self.min_samples <= self.max_samples:
+            raise ValueError("need 2 <= min_samples <= max_samples")
+        if self.samples_per_budget < 2 or self.factorized_steps < 0:
+            raise ValueError("samples_per_budget must be >= 2 and factorized_steps >= 0")
+
+
+def adaptive_sample_count(entropy: torch.Tensor, lam: float, lo: int, hi: int) -> torch.Tensor:
+    """FP-NAS Eq. 4, K = λ·H, rounded and clipped to [lo, hi] (one count per budget)."""
+    return (lam * entropy).round().clamp(lo, hi).long()
+
+
+# (tokens [N, T], budgets [N]) -> rewards [N]: what the policy maximises.
+RewardFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -52,7 +83,8 @@ class Sample:
 
 
 class Generator(nn.Module):
-    def __init__(self, space: SearchSpace, budgets: list[float], hidden: int = 64, budget_dim: int = 64):
+    def __init__(self, space: SearchSpace, budgets: list[float], hidden: int = 64, budget_dim: int = 64,
+                 factorized: bool = False):
         super().__init__()
         self.encoder = TokenEncoder(space)
         sizes = self.encoder.sizes
@@ -62,6 +94,14 @@ class Generator(nn.Module):
         self.cell = nn.LSTMCell(hidden + budget_dim, hidden)
         self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
         self.hidden = hidden
+        self.factorized = factorized
+        # Coarse stage of FP-NAS: per-decision logits from the budget alone; the LSTM heads start at zero.
+        self.factor = nn.Linear(budget_dim, sum(sizes)) if factorized else None
+        self.coarse = False  # while True, sample() uses the factorized logits only
+        if factorized:
+            for head in self.heads:
+                nn.init.zeros_(head.weight)
+                nn.init.zeros_(head.bias)
 
     def sample(self, budget: torch.Tensor, generator: torch.Generator | None = None) -> Sample:
         """Sample one architecture per entry of `budget` (a batch), with log-probabilities and entropies."""
@@ -74,9 +114,16 @@ class Generator(nn.Module):
         tokens = torch.zeros(n, enc.length, dtype=torch.long)
         log_prob = torch.zeros(n)
         entropy = torch.zeros(n)
+        factor = self.factor(b).split(enc.sizes, dim=1) if self.factor is not None else None
+        if self.coarse and factor is None:
+            raise ValueError("the coarse (factorized) stage needs a Generator built with factorized=True")
         for t, head in enumerate(self.heads):
-            h, c = self.cell(torch.cat([x, b], dim=1), (h, c))
-            logits = head(h)
+            if self.coarse:
+                assert factor is not None
+                logits = factor[t]
+            else:
+                h, c = self.cell(torch.cat([x, b], dim=1), (h, c))
+                logits = head(h) if factor is None else head(h) + factor[t]
             logp = F.log_softmax(logits, dim=1)
             choice = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(1)
             tokens[:, t] = choice
@@ -88,67 +135,98 @@ class Generator(nn.Module):
                 active = torch.ones(n)
             log_prob = log_prob + active * logp.gather(1, choice.unsqueeze(1)).squeeze(1)
             entropy = entropy - active * (logp.exp() * logp).sum(1)
-            x = self.choice_embedding(enc.offsets[t] + choice)
+            if not self.coarse:
+                x = self.choice_embedding(enc.offsets[t] + choice)
         return Sample(tokens, log_prob, entropy)
 
 
-def train_generator(generator: Generator, evaluator: Evaluator, cfg: GeneratorConfig,
+def evaluator_reward(generator: Generator, evaluator: Evaluator) -> RewardFn:
+    """PNAG's reward: the evaluator's score R(β | B) of the sampled architectures."""
+
+    def reward(tokens: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        return evaluator(generator.encoder.encode(tokens), budget.double())
+
+    return reward
+
+
+def train_generator(generator: Generator, reward: Evaluator | RewardFn, cfg: GeneratorConfig,
                     feasibility: Callable[[torch.Tensor, float], float] | None = None,
                     log_path: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """REINFORCE with the entropy bonus (PNAG Eq. 3-4) on the evaluator's reward, over the K budgets.
+    """REINFORCE with the entropy bonus (PNAG Eq. 3-4) over the generator's K budgets.
 
-    `feasibility(tokens, budget)` (optional) returns the share of sampled architectures within budget,
-    for the log. Each log line holds per budget the mean reward, the policy entropy and feasibility.
+    `reward` is the evaluator (PNAG) or any reward function of (tokens, budgets), e.g. the
+    MnasNet and TuNAS rewards of the ablations. `feasibility(tokens, budget)` (optional) returns the
+    share of sampled architectures within budget, for the log. Each log line holds per budget the mean
+    reward, the policy entropy, the samples drawn and feasibility, and the architectures sampled so far.
+    Each budget weighs equally in the loss whatever its sample count.
     """
+    if cfg.factorized_steps > 0 and not generator.factorized:
+        raise ValueError("factorized_steps > 0 needs a Generator built with factorized=True")
+    evaluator = reward if isinstance(reward, Evaluator) else None
+    reward_fn = evaluator_reward(generator, evaluator) if evaluator is not None else reward
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     budgets = generator.budget.budgets.float()
-    k, n = len(budgets), cfg.samples_per_budget
-    budget_batch = budgets.repeat_interleave(n)
+    k = len(budgets)
+    counts = torch.full((k,), cfg.samples_per_budget, dtype=torch.long)
     baseline = torch.zeros(k)
     seeded = False
+    sampled_total = 0
     opt = torch.optim.Adam(generator.parameters(), lr=cfg.lr)
-    evaluator.eval()
-    for p in evaluator.parameters():
-        p.requires_grad_(False)
+    if evaluator is not None:
+        evaluator.eval()
+        for p in evaluator.parameters():
+            p.requires_grad_(False)
     history: list[dict[str, Any]] = []
     log_file = Path(log_path).open("w") if log_path else None  # noqa: SIM115 (closed in `finally`)
     try:
         bar = tqdm(range(1, cfg.steps + 1), desc="generator", disable=not progress)
         for step in bar:
             generator.train()
+            generator.coarse = step <= cfg.factorized_steps
+            budget_batch = budgets.repeat_interleave(counts)
+            groups = [slice(int(a), int(b)) for a, b in zip(counts.cumsum(0) - counts, counts.cumsum(0), strict=True)]
             s = generator.sample(budget_batch, gen)
+            sampled_total += len(budget_batch)
             with torch.no_grad():
-                reward = evaluator(generator.encoder.encode(s.tokens), budget_batch.double()).view(k, n)
-            mean_reward = reward.mean(1)
+                reward = reward_fn(s.tokens, budget_batch).float()
+            mean_reward = torch.stack([reward[g].mean() for g in groups])
             if not seeded:
                 baseline, seeded = mean_reward.clone(), True
-            advantage = reward - baseline.unsqueeze(1)
-            if cfg.normalize_advantage:
-                advantage = advantage / (reward.std(dim=1, keepdim=True) + 1e-6)
-            advantage = advantage.view(-1)
-            loss = -(advantage * s.log_prob).mean() - cfg.entropy_weight * s.entropy.mean()
+            loss = torch.zeros(())
+            for i, g in enumerate(groups):
+                advantage = reward[g] - baseline[i]
+                if cfg.normalize_advantage:
+                    advantage = advantage / (reward[g].std() + 1e-6)
+                loss = loss - (advantage * s.log_prob[g]).mean() - cfg.entropy_weight * s.entropy[g].mean()
+            loss = loss / k
             opt.zero_grad()
             loss.backward()
             opt.step()
             baseline = cfg.baseline_decay * baseline + (1 - cfg.baseline_decay) * mean_reward
+            entropy = torch.stack([s.entropy[g].detach().mean() for g in groups])
+            drawn = counts
+            if cfg.adaptive_lambda is not None:
+                counts = adaptive_sample_count(entropy, cfg.adaptive_lambda, cfg.min_samples, cfg.max_samples)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                entropy = s.entropy.detach().view(k, n).mean(1)
                 record: dict[str, Any] = {
                     "step": step, "budgets": [float(b) for b in budgets],
                     "mean_reward": [float(r) for r in mean_reward], "entropy": [float(e) for e in entropy],
+                    "samples": [int(c) for c in drawn], "sampled_total": sampled_total,
+                    "stage": "factorized" if generator.coarse else "joint",
                 }
                 if feasibility is not None:
-                    tokens = s.tokens.view(k, n, -1)
-                    record["feasible"] = [feasibility(tokens[i], float(budgets[i])) for i in range(k)]
+                    record["feasible"] = [feasibility(s.tokens[g], float(budgets[i])) for i, g in enumerate(groups)]
                 history.append(record)
                 bar.set_postfix(reward=f"{float(mean_reward.mean()):.3f}", entropy=f"{float(entropy.mean()):.2f}")
                 if log_file:
                     log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
     finally:
+        generator.coarse = False
         if log_file:
             log_file.close()
-        for p in evaluator.parameters():
-            p.requires_grad_(True)
+        if evaluator is not None:
+            for p in evaluator.parameters():
+                p.requires_grad_(True)
     return history

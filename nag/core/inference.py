@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from nag.bundle.bundle import Bundle, DeviceModels
+from nag.core.evaluator import Evaluator
+from nag.core.generator import Generator
 from nag.cost.device import DeviceError
+from nag.cost.store import Device
 from nag.errors import NagError
 from nag.space.arch import Architecture, from_tokens, smallest, to_tokens
 from nag.space.plan import count_macs, count_params
@@ -74,6 +78,64 @@ def check_budget(budget: float, models: DeviceModels, candidates: int) -> None:
             f"{models.name!r}: the minimum is {models.min_cost:.4g} {models.device.unit}", models.min_cost)
 
 
+# (feasible tokens [N, T], budget) -> scores [N]; the highest is picked.
+ScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Pick:
+    tokens: list[int]
+    cost: float
+    score: float
+    candidates: int
+    feasible: int
+    rounds: int
+    fallback: bool
+    timings: dict[str, float]  # seconds: "sample" (policy and cost predictor), "choose" (scoring)
+
+
+@torch.no_grad()
+def pick_architecture(generator: Generator, device: Device, score: ScoreFn, budget: float, candidates: int,
+                      rng: torch.Generator, max_rounds: int = 4) -> Pick:
+    """Sample `candidates` from the policy at `budget`, drop the infeasible ones (by predicted cost), and
+    pick the best by `score`; up to `max_rounds` rounds if none is feasible, then the cheapest child."""
+    space = generator.encoder.space
+    started = time.perf_counter()
+    budget_batch = torch.full((candidates,), float(budget))
+    feasible_tokens: list[list[int]] = []
+    feasible_cost: list[float] = []
+    rounds = 0
+    while not feasible_tokens and rounds < max_rounds:
+        rounds += 1
+        tokens = generator.sample(budget_batch, rng).tokens
+        unique = {tuple(to_tokens(a, space)): a for a in (from_tokens(t, space) for t in tokens.tolist())}
+        archs = list(unique.values())
+        costs = device.predict(archs)
+        for a, c in zip(archs, costs, strict=True):
+            if c <= budget:
+                feasible_tokens.append(to_tokens(a, space))
+                feasible_cost.append(float(c))
+    fallback = not feasible_tokens
+    if fallback:
+        cheapest = smallest(space)
+        feasible_tokens = [to_tokens(cheapest, space)]
+        feasible_cost = [float(device.predict([cheapest])[0])]
+    sampled = time.perf_counter()
+    scores = score(torch.tensor(feasible_tokens, dtype=torch.long), float(budget))
+    best = int(torch.argmax(scores))
+    return Pick(feasible_tokens[best], feasible_cost[best], float(scores[best]), candidates * rounds,
+                0 if fallback else len(feasible_tokens), rounds, fallback,
+                {"sample": sampled - started, "choose": time.perf_counter() - sampled})
+
+
+def evaluator_score(generator: Generator, evaluator: Evaluator) -> ScoreFn:
+    def score(tokens: torch.Tensor, budget: float) -> torch.Tensor:
+        encoding = generator.encoder.encode(tokens)
+        return evaluator(encoding, torch.full((len(tokens),), float(budget), dtype=torch.float64))
+
+    return score
+
+
 @torch.no_grad()
 def generate(bundle: Bundle, budget: float, device: str | None = None, candidates: int = 64,
              seed: int | None = None, max_rounds: int = 4) -> Generated:
@@ -83,38 +145,15 @@ def generate(bundle: Bundle, budget: float, device: str | None = None, candidate
     seed = secrets.randbits(31) if seed is None else int(seed)
     rng = torch.Generator().manual_seed(seed)
     space = bundle.space
-    started = time.perf_counter()
-    budget_batch = torch.full((candidates,), float(budget))
-    feasible_tokens: list[list[int]] = []
-    feasible_cost: list[float] = []
-    rounds = 0
-    while not feasible_tokens and rounds < max_rounds:
-        rounds += 1
-        tokens = models.generator.sample(budget_batch, rng).tokens
-        unique = {tuple(to_tokens(a, space)): a for a in (from_tokens(t, space) for t in tokens.tolist())}
-        archs = list(unique.values())
-        costs = models.device.predict(archs)
-        for a, c in zip(archs, costs, strict=True):
-            if c <= budget:
-                feasible_tokens.append(to_tokens(a, space))
-                feasible_cost.append(float(c))
-    sampled = time.perf_counter()
-    fallback = not feasible_tokens
-    if fallback:
-        cheapest = smallest(space)
-        feasible_tokens = [to_tokens(cheapest, space)]
-        feasible_cost = [models.min_cost]
-    token_tensor = torch.tensor(feasible_tokens, dtype=torch.long)
-    encoding = models.generator.encoder.encode(token_tensor)
-    scores = models.evaluator(encoding, torch.full((len(feasible_tokens),), float(budget), dtype=torch.float64))
-    best = int(torch.argmax(scores))
-    arch = from_tokens(feasible_tokens[best], space)
-    accuracy = float(np.clip(bundle.accuracy.predict(encoding[best : best + 1])[0], 0.0, 100.0))
-    chosen = time.perf_counter()
+    pick = pick_architecture(models.generator, models.device, evaluator_score(models.generator, models.evaluator),
+                             budget, candidates, rng, max_rounds)
+    arch = from_tokens(pick.tokens, space)
+    encoding = models.generator.encoder.encode(torch.tensor([pick.tokens], dtype=torch.long))
+    accuracy = float(np.clip(bundle.accuracy.predict(encoding)[0], 0.0, 100.0))
     return Generated(
         arch=arch, device=models.name, unit=models.device.unit, budget=float(budget),
-        predicted_cost=feasible_cost[best], predicted_accuracy=accuracy, score=float(scores[best]),
-        macs=count_macs(arch, space), params=count_params(arch, space), candidates=candidates * rounds,
-        feasible_candidates=0 if fallback else len(feasible_tokens), rounds=rounds, fallback=fallback, seed=seed,
-        timings={"sample": sampled - started, "choose": chosen - sampled},
+        predicted_cost=pick.cost, predicted_accuracy=accuracy, score=pick.score,
+        macs=count_macs(arch, space), params=count_params(arch, space), candidates=pick.candidates,
+        feasible_candidates=pick.feasible, rounds=pick.rounds, fallback=pick.fallback, seed=seed,
+        timings=dict(pick.timings),
     )

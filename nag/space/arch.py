@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
@@ -49,7 +50,7 @@ class Architecture:
         """Canonical JSON: sorted keys, no white space; equal architectures give equal strings."""
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
 
-    @property
+    @functools.cached_property
     def arch_id(self) -> str:
         """A stable id: the first 16 hex digits of the SHA-256 of the canonical JSON."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
@@ -130,8 +131,12 @@ class Decision:
     choices: tuple[int, ...]
 
 
-def decisions(space: SearchSpace) -> list[Decision]:
-    """Resolution, stem width, then per stage depth and width, then per layer kernel and expansion."""
+@functools.cache
+def decisions(space: SearchSpace) -> tuple[Decision, ...]:
+    """Resolution, stem width, then per stage depth and width, then per layer kernel and expansion.
+
+    Cached per space (spaces are frozen): searches decode tens of thousands of token sequences.
+    """
     out = [Decision("resolution", space.resolutions), Decision("stem_width", space.stem.widths)]
     for i, spec in enumerate(space.stages):
         out.append(Decision(f"stages[{i}].depth", spec.depths))
@@ -139,7 +144,7 @@ def decisions(space: SearchSpace) -> list[Decision]:
         for j in range(spec.max_depth):
             out.append(Decision(f"stages[{i}].kernels[{j}]", spec.kernels))
             out.append(Decision(f"stages[{i}].expansions[{j}]", spec.expansions))
-    return out
+    return tuple(out)
 
 
 def to_tokens(arch: Architecture, space: SearchSpace) -> list[int]:
@@ -157,10 +162,10 @@ def to_tokens(arch: Architecture, space: SearchSpace) -> list[int]:
 
 def from_tokens(tokens: list[int] | tuple[int, ...], space: SearchSpace) -> Architecture:
     """Decode a token sequence; tokens of layers beyond a stage's depth are ignored."""
-    expected = len(decisions(space))
-    if len(tokens) != expected:
-        raise ArchitectureError(f"token sequence has {len(tokens)} tokens, the space needs {expected}")
-    for pos, (tok, dec) in enumerate(zip(tokens, decisions(space), strict=True)):
+    space_decisions = decisions(space)
+    if len(tokens) != len(space_decisions):
+        raise ArchitectureError(f"token sequence has {len(tokens)} tokens, the space needs {len(space_decisions)}")
+    for pos, (tok, dec) in enumerate(zip(tokens, space_decisions, strict=True)):
         if not 0 <= int(tok) < len(dec.choices):
             raise ArchitectureError(f"token {pos} ({dec.name})={tok} is outside [0, {len(dec.choices)})")
     it = iter(int(t) for t in tokens)

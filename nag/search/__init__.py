@@ -1,0 +1,1 @@
+"""Per-budget architecture search baselines (random, OFA evolution, BigNAS coarse-to-fine) to compare NAG with."""
