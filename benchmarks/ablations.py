@@ -54,6 +54,7 @@ SAMPLERS = ("uniform", "attentive-best", "attentive-worst")
 @dataclass(frozen=True)
 class AttentiveSettings:
     profile: str = "demo"
+    samplers: tuple[str, ...] = SAMPLERS  # the first is the baseline the others are paired against
     archs: int = 120  # the fixed, MACs-stratified set every supernet scores
     val_images: int = 1000
     calib_images: int = 250
@@ -108,7 +109,7 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
     cfg = profile(settings.profile)
     first = None
     variants: dict[str, Any] = {}
-    for sampler in SAMPLERS:
+    for sampler in settings.samplers:
         path, info = train_variant(sampler, settings, runs)
         variants[sampler] = {"path": path, **info}
         first = first or path
@@ -124,7 +125,7 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
     budgets = [float(b) for b in np.linspace(lo + (hi - lo) / settings.budgets, hi, settings.budgets)]
     result: dict[str, Any] = {"budgets_mmacs": budgets, "archs": len(archs), "variants": {}}
     correct: dict[tuple[str, str], np.ndarray] = {}
-    for sampler in SAMPLERS:
+    for sampler in settings.samplers:
         trained = load_supernet(variants[sampler]["path"])
         calib = trained.calibration_float[: settings.calib_images]
         started = time.perf_counter()
@@ -159,29 +160,32 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
             "scoring_seconds": time.perf_counter() - started,
         }
     paired: dict[str, list[dict[str, Any]]] = {}
-    for sampler in SAMPLERS[1:]:
+    baseline = settings.samplers[0]
+    for sampler in settings.samplers[1:]:
         paired[sampler] = []
         for i in range(len(budgets)):
             for name in ("frontier", "worst"):
                 diff, low, high = paired_bootstrap(correct[(sampler, f"{name}@{i}")],
-                                                   correct[("uniform", f"{name}@{i}")], seed=i)
+                                                   correct[(baseline, f"{name}@{i}")], seed=i)
                 paired[sampler].append({"budget": budgets[i], "child": name, "diff": diff, "low": low, "high": high,
                                         "verdict": verdict(low, high)})
-    result["paired_minus_uniform"] = paired
+    result["baseline"] = baseline
+    result["paired_minus_baseline"] = paired
     return result, attentive_markdown(result, settings, len(test))
 
 
 def attentive_markdown(r: dict[str, Any], s: AttentiveSettings, test_images: int) -> str:
     v = r["variants"]
+    names = s.samplers
     md = (f"## AttentiveNAS: middle children of the sandwich rule (profile `{s.profile}`)\n\n"
           f"{r['archs']} MACs-stratified architectures scored on {s.val_images} validation images in each "
           f"supernet; at each budget the best (frontier) and the worst child within the budget's MACs bucket, "
           f"judged on {test_images} test images. Test accuracy %:\n\n")
-    headers = ["budget (MMACs)"] + [f"{m} frontier" for m in SAMPLERS] + [f"{m} worst" for m in SAMPLERS]
+    headers = ["budget (MMACs)"] + [f"{m} frontier" for m in names] + [f"{m} worst" for m in names]
     rows = []
     for i, b in enumerate(r["budgets_mmacs"]):
-        rows.append([f"{b:.2f}"] + [f"{v[m]['per_budget'][i]['frontier']['test_acc']:.2f}" for m in SAMPLERS]
-                    + [f"{v[m]['per_budget'][i]['worst']['test_acc']:.2f}" for m in SAMPLERS])
+        rows.append([f"{b:.2f}"] + [f"{v[m]['per_budget'][i]['frontier']['test_acc']:.2f}" for m in names]
+                    + [f"{v[m]['per_budget'][i]['worst']['test_acc']:.2f}" for m in names])
     md += markdown_table(headers, rows) + "\n"
     md += markdown_table(
         ["sampler", "frontier mean", "worst mean", "smallest", "biggest", "val mean / min", "train s",
@@ -190,14 +194,14 @@ def attentive_markdown(r: dict[str, Any], s: AttentiveSettings, test_images: int
           f"{v[m]['test_acc_smallest']:.2f}", f"{v[m]['test_acc_biggest']:.2f}",
           f"{v[m]['val_acc_mean']:.2f} / {v[m]['val_acc_min']:.2f}", f"{v[m]['train_seconds']:.0f}",
           "-" if v[m]["attentive_mean_trials"] is None else f"{v[m]['attentive_mean_trials']:.1f}"]
-         for m in SAMPLERS]) + "\n"
-    md += "Paired against uniform on the same test images (95% bootstrap interval):\n\n"
+         for m in names]) + "\n"
+    md += f"Paired against {r['baseline']} on the same test images (95% bootstrap interval):\n\n"
     rows = []
-    for m, entries in r["paired_minus_uniform"].items():
+    for m, entries in r["paired_minus_baseline"].items():
         for e in entries:
             rows.append([m, f"{e['budget']:.2f}", e["child"], f"{e['diff']:+.2f} [{e['low']:+.2f}, {e['high']:+.2f}]",
                          e["verdict"]])
-    return md + markdown_table(["sampler", "budget", "child", f"{'minus uniform'}", "verdict"], rows) + "\n"
+    return md + markdown_table(["sampler", "budget", "child", f"minus {r['baseline']}", "verdict"], rows) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default="bundles/default", help="bundle for the FP-NAS part")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="tiny supernets, one seed, few steps (tests, CI)")
+    p.add_argument("--profile", default=AttentiveSettings.profile,
+                   help="supernet training profile of the attentive part (demo, default, ...)")
+    p.add_argument("--samplers", default=",".join(SAMPLERS),
+                   help="middle-child samplers to train and compare, the first being the baseline")
     p.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="where supernets are trained")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--name", default="ablations")
@@ -314,7 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     md = "# Seed techniques: AttentiveNAS and FP-NAS against the base recipe\n\n"
     try:
         if args.part in ("all", "attentive"):
-            settings = QUICK_ATTENTIVE if args.quick else AttentiveSettings()
+            samplers = tuple(s.strip() for s in args.samplers.split(",") if s.strip())
+            unknown = sorted(set(samplers) - set(SAMPLERS))
+            if unknown or len(samplers) < 2:
+                raise NagError(f"--samplers takes at least two of {', '.join(SAMPLERS)}; got {args.samplers!r}")
+            settings = replace(QUICK_ATTENTIVE if args.quick else AttentiveSettings(profile=args.profile),
+                               samplers=samplers)
             result["attentive"], text = run_attentive(settings, args.runs / settings.profile)
             md += text + "\n"
         if args.part in ("all", "fpnas"):
