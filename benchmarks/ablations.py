@@ -34,27 +34,24 @@ import torch
 from benchmarks.frontier_stats import paired_bootstrap, verdict
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from nag.bundle import load_bundle
-from nag.config import profile
+from nag.config import MIDDLE_SAMPLERS, profile
 from nag.core.encoding import TokenEncoder
 from nag.core.generator import Generator, GeneratorConfig, train_generator
 from nag.core.inference import evaluator_score, pick_architecture
-from nag.core.triplets import supernet_accuracy
-from nag.data.datasets import ImageSet
+from nag.core.triplets import supernet_accuracy, supernet_correct
 from nag.errors import NagError
 from nag.space import count_macs, sample_stratified
-from nag.space.arch import Architecture, biggest, from_tokens, smallest
+from nag.space.arch import biggest, from_tokens, smallest
 from nag.supernet.io import load_supernet
-from nag.supernet.model import Supernet
 from training.train_supernet import Distributed, SupernetTrainer
 
 log = logging.getLogger("ablations")
-SAMPLERS = ("uniform", "attentive-best", "attentive-worst")
 
 
 @dataclass(frozen=True)
 class AttentiveSettings:
     profile: str = "demo"
-    samplers: tuple[str, ...] = SAMPLERS  # the first is the baseline the others are paired against
+    samplers: tuple[str, ...] = MIDDLE_SAMPLERS  # the first is the baseline the others are paired against
     archs: int = 120  # the fixed, MACs-stratified set every supernet scores
     val_images: int = 1000
     calib_images: int = 250
@@ -90,17 +87,6 @@ def train_variant(sampler: str, settings: AttentiveSettings, runs: Path) -> tupl
     summary = json.loads((out / "summary.json").read_text())
     return out / "supernet.pt", {"train_seconds": summary["train_seconds_this_run"], "summary": summary,
                                  "last_epoch": log_lines[-1]}
-
-
-@torch.no_grad()
-def test_correct(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, test: ImageSet) -> np.ndarray:
-    supernet.calibrate(arch, calibration)
-    supernet.eval()
-    out = []
-    for start in range(0, len(test), 1000):
-        index = slice(start, start + 1000)
-        out.append((supernet(test.as_float(index), arch).argmax(1) == test.labels[index]).numpy())
-    return np.concatenate(out)
 
 
 def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, Any], str]:
@@ -140,13 +126,13 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
             row = {"budget": b}
             for name, arch in (("frontier", best), ("worst", worst)):
                 key = (sampler, f"{name}@{i}")
-                correct[key] = test_correct(trained.supernet, arch, calib, test)
+                correct[key] = supernet_correct(trained.supernet, arch, calib, test)
                 row[name] = {"arch_id": arch.arch_id, "mmacs": count_macs(arch, space) / 1e6,
                              "val_acc": float(val_acc[archs.index(arch)]), "test_acc": 100 * float(correct[key].mean())}
             rows.append(row)
         extremes = {}
         for name, arch in (("smallest", smallest(space)), ("biggest", biggest(space))):
-            correct[(sampler, name)] = test_correct(trained.supernet, arch, calib, test)
+            correct[(sampler, name)] = supernet_correct(trained.supernet, arch, calib, test)
             extremes[name] = 100 * float(correct[(sampler, name)].mean())
         last = variants[sampler]["last_epoch"]
         result["variants"][sampler] = {
@@ -311,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny supernets, one seed, few steps (tests, CI)")
     p.add_argument("--profile", default=AttentiveSettings.profile,
                    help="supernet training profile of the attentive part (demo, default, ...)")
-    p.add_argument("--samplers", default=",".join(SAMPLERS),
+    p.add_argument("--samplers", default=",".join(MIDDLE_SAMPLERS),
                    help="middle-child samplers to train and compare, the first being the baseline")
     p.add_argument("--runs", type=Path, default=Path("runs/ablations"), help="where supernets are trained")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -323,9 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.part in ("all", "attentive"):
             samplers = tuple(s.strip() for s in args.samplers.split(",") if s.strip())
-            unknown = sorted(set(samplers) - set(SAMPLERS))
+            unknown = sorted(set(samplers) - set(MIDDLE_SAMPLERS))
             if unknown or len(samplers) < 2:
-                raise NagError(f"--samplers takes at least two of {', '.join(SAMPLERS)}; got {args.samplers!r}")
+                raise NagError(f"--samplers takes at least two of {', '.join(MIDDLE_SAMPLERS)}; got {args.samplers!r}")
             settings = replace(QUICK_ATTENTIVE if args.quick else AttentiveSettings(profile=args.profile),
                                samplers=samplers)
             result["attentive"], text = run_attentive(settings, args.runs / settings.profile)

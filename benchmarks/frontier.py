@@ -39,7 +39,7 @@ from nag.core.generator import Generator, GeneratorConfig, RewardFn, train_gener
 from nag.core.inference import ScoreFn, evaluator_score, generate, pick_architecture
 from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.core.rewards import REWARDS, PredictedObjectives
-from nag.core.triplets import read_triplets
+from nag.core.triplets import read_triplets, supernet_correct
 from nag.cost.measure import measure_latencies
 from nag.cost.store import MEASUREMENTS_FILE, device_dir, read_measurements
 from nag.data import DataSource, load_splits
@@ -288,16 +288,9 @@ def run_k_ablation(ctx: Context, budgets: list[float], k_values: tuple[int, ...]
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def correctness_on_test(ctx: Context, arch: Architecture) -> np.ndarray:
-    supernet = ctx.bundle.trained.supernet
-    supernet.calibrate(arch, ctx.bundle.trained.calibration_float[:SERVING_CALIBRATION_IMAGES])
-    supernet.eval()
-    out = []
-    for start in range(0, len(ctx.test), 1000):
-        index = slice(start, start + 1000)
-        out.append((supernet(ctx.test.as_float(index), arch).argmax(1) == ctx.test.labels[index]).numpy())
-    return np.concatenate(out)
+    trained = ctx.bundle.trained
+    return supernet_correct(trained.supernet, arch, trained.calibration_float[:SERVING_CALIBRATION_IMAGES], ctx.test)
 
 
 def judge(ctx: Context, runs: list[Run]) -> tuple[dict[str, np.ndarray], dict[str, float | None], dict[str, float]]:

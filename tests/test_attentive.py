@@ -18,9 +18,9 @@ from nag.core.evaluator import EvaluatorConfig, train_evaluator
 from nag.core.generator import Generator, GeneratorConfig, adaptive_sample_count, train_generator
 from nag.errors import NagError
 from nag.space import SearchSpace, count_macs, sample_stratified
-from nag.space.proposal import MacsProposal
 from nag.supernet import Supernet
 from nag.train.attentive import AttentiveSampler
+from nag.train.proposal import MacsProposal
 from training.train_supernet import Distributed, SupernetTrainer
 
 

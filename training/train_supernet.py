@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from nag.artifacts import load_artifact, save_artifact
-from nag.config import SupernetTrainConfig, profile
+from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
 from nag.space import Architecture, biggest, load_space, smallest
@@ -38,7 +38,7 @@ from nag.supernet.evaluate import child_accuracy
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler
-from nag.train.sandwich import MIDDLE_SAMPLERS, SandwichObjective, sandwich_children
+from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_middle
 from nag.train.schedule import lr_at
 
 log = logging.getLogger("nag.train")
@@ -109,7 +109,7 @@ class SupernetTrainer:
             raise NagError(f"{len(self.train)} training images are fewer than one global batch")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
-        self.sampler = MIDDLE_SAMPLERS["uniform"]
+        self.sampler = uniform_middle
         self.attentive: AttentiveSampler | None = None
         if cfg.middle_sampler.startswith("attentive-"):
             self.attentive = AttentiveSampler(self.supernet, self.space, cfg.middle_sampler.removeprefix("attentive-"),
@@ -292,9 +292,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-subset", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--train-mode", choices=["sandwich", "biggest-only", "smallest-only"],
+    p.add_argument("--train-mode", choices=TRAIN_MODES,
                    help="sandwich (BigNAS) or one fixed child trained alone (baseline)")
-    p.add_argument("--middle-sampler", choices=["uniform", "attentive-best", "attentive-worst"],
+    p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
                    help="how the two middle children of each sandwich step are chosen (default: uniform)")
     p.add_argument("--attentive-candidates", type=int, help="k candidates per attentive draw (default 3)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")

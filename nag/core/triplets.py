@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -76,16 +77,24 @@ def write_triplets(path: str | Path, triplets: Sequence[Triplet]) -> None:
 
 
 @torch.no_grad()
+def supernet_correct(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
+                     calib_batch: int = 250, eval_batch: int = 1000) -> np.ndarray:
+    """Per image of `data`, whether `arch` in the supernet classifies it right after re-calibrating its BN on
+    `calibration` (per-image outcomes let benchmarks pair two models on the same images)."""
+    supernet.calibrate(arch, calibration, calib_batch)
+    supernet.eval()
+    out = [np.zeros(0, dtype=bool)]
+    for start in range(0, len(data), eval_batch):
+        index = slice(start, start + eval_batch)
+        out.append((supernet(data.as_float(index), arch).argmax(1) == data.labels[index]).numpy())
+    return np.concatenate(out)
+
+
 def supernet_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
                       calib_batch: int = 250, eval_batch: int = 1000) -> float:
     """Validation accuracy (%) of `arch` in the supernet after re-calibrating its BN on `calibration`."""
-    supernet.calibrate(arch, calibration, calib_batch)
-    supernet.eval()
-    correct = 0
-    for start in range(0, len(data), eval_batch):
-        index = slice(start, start + eval_batch)
-        correct += int((supernet(data.as_float(index), arch).argmax(1) == data.labels[index]).sum())
-    return 100.0 * correct / max(1, len(data))
+    correct = supernet_correct(supernet, arch, calibration, data, calib_batch, eval_batch)
+    return 100.0 * int(correct.sum()) / max(1, len(data))
 
 
 def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Tensor, val: ImageSet,

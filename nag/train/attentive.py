@@ -1,7 +1,7 @@
 """AttentiveNAS middle children (BestUp / WorstUp): of k candidates near a MACs target, train the best or worst.
 
 Per middle child: a MACs target from a uniform prior over the space's range, `k` candidates drawn
-near it by the offline proposal distribution (`nag.space.proposal`), then the candidate with the
+near it by the offline proposal distribution (`nag.train.proposal`), then the candidate with the
 lowest ("best") or highest ("worst") proxy cost is trained. The proxy is the cross-entropy on the
 current mini-batch (AttentiveNAS's published setting, k = 3) or minus an accuracy predictor's
 estimate.
@@ -16,23 +16,23 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from nag.config import ATTENTIVE_PROXIES
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.encoding import TokenEncoder
 from nag.errors import NagError
 from nag.space.arch import Architecture
-from nag.space.proposal import MacsProposal
 from nag.space.space import SearchSpace
 from nag.supernet.model import Supernet
+from nag.train.proposal import MacsProposal
 
 STRATEGIES = ("best", "worst")
-PROXIES = ("loss", "predictor")
 
 
 class AttentiveSampler:
     def __init__(self, supernet: Supernet, space: SearchSpace, strategy: str, candidates: int = 3,
                  proxy: str = "loss", predictor_path: str | None = None, seed: int = 0):
-        if strategy not in STRATEGIES or proxy not in PROXIES or candidates < 1:
-            raise NagError(f"attentive sampling needs a strategy in {STRATEGIES}, a proxy in {PROXIES} "
+        if strategy not in STRATEGIES or proxy not in ATTENTIVE_PROXIES or candidates < 1:
+            raise NagError(f"attentive sampling needs a strategy in {STRATEGIES}, a proxy in {ATTENTIVE_PROXIES} "
                            f"and candidates >= 1; got {strategy!r}, {proxy!r}, {candidates}")
         self.supernet, self.space = supernet, space
         self.strategy, self.candidates, self.proxy = strategy, candidates, proxy

@@ -21,8 +21,6 @@ def uniform_middle(space: SearchSpace, rng: random.Random, count: int) -> list[A
     return [sample_uniform(space, rng) for _ in range(count)]
 
 
-MIDDLE_SAMPLERS: dict[str, MiddleSampler] = {"uniform": uniform_middle}
-
 
 def sandwich_children(space: SearchSpace, rng: random.Random, count: int,
                       sampler: MiddleSampler = uniform_middle) -> list[Architecture]:

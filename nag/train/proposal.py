@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nag.space.arch import Architecture, decisions, from_tokens, to_tokens
+from nag.core.encoding import TokenEncoder
+from nag.space.arch import Architecture, from_tokens
 from nag.space.plan import count_macs
 from nag.space.sampling import sample_tilted
 from nag.space.space import SearchSpace
@@ -44,17 +45,17 @@ class MacsProposal:
         self.lo, self.hi = (float(v) for v in np.percentile(macs, [1, 99]))
         self.width = (self.hi - self.lo) / buckets or 1.0
         self.buckets = buckets
-        space_decisions = decisions(space)
-        active = _active_mask(space)
-        counts = [np.ones((buckets, len(d.choices))) for d in space_decisions]  # Laplace smoothing
-        for arch, m in zip(table, macs, strict=True):
-            b = self.bucket(m)
-            tokens = to_tokens(arch, space)
-            for pos, tok in enumerate(tokens):
-                if active(arch, pos):
-                    counts[pos][b, tok] += 1
-        self.probs = [c / c.sum(axis=1, keepdims=True) for c in counts]
-        self.table_size = table_size
+        encoder = TokenEncoder(space)
+        tokens = encoder.tokens(table)
+        active = encoder.active(tokens).numpy()
+        tokens_np = tokens.numpy()
+        bucket_of = np.array([self.bucket(m) for m in macs])
+        self.probs = []
+        for pos, size in enumerate(encoder.sizes):
+            counts = np.ones((buckets, size))  # Laplace smoothing
+            rows = active[:, pos]
+            np.add.at(counts, (bucket_of[rows], tokens_np[rows, pos]), 1)
+            self.probs.append(counts / counts.sum(axis=1, keepdims=True))
 
     def bucket(self, macs: float) -> int:
         return min(self.buckets - 1, max(0, int((macs - self.lo) / self.width)))
@@ -88,17 +89,3 @@ def _categorical(p: np.ndarray, rng: random.Random) -> int:
             return i
     return len(p) - 1
 
-
-def _active_mask(space: SearchSpace):
-    """(arch, token position) -> whether that decision changes the architecture."""
-    layer_of: list[tuple[int, int] | None] = [None, None]
-    for i, spec in enumerate(space.stages):
-        layer_of += [None, None]
-        for j in range(spec.max_depth):
-            layer_of += [(i, j), (i, j)]
-
-    def active(arch: Architecture, pos: int) -> bool:
-        where = layer_of[pos]
-        return where is None or where[1] < arch.stages[where[0]].depth
-
-    return active
