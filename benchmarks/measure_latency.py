@@ -103,13 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     pred, base = held["predictor"], held["macs_linear_baseline"]
     data = {"device": device.profile.to_dict(), "machine": machine(), "holdout": pred,
             "holdout_macs_linear_baseline": base, "stored_fit_metrics": fit, "noise": noise_stats,
-            "throughput": speed, "measurements": len(measurements), "unstable": report.unstable}
+            "throughput": speed, "measurements": len(measurements), "unstable": report.unstable,
+            "fit_on_unstable": report.fit_on_unstable}
     rows = [[name, m["n"], f"{100 * m['within_10pct']:.1f}%", f"{100 * m['within_5pct']:.1f}%",
              f"{100 * m['mean_abs_rel_error']:.1f}%", f"{100 * m['max_abs_rel_error']:.1f}%",
              f"{m['rmse']:.4f}", f"{m['kendall_tau']:.3f}"]
             for name, m in (("ridge on layer features (shipped)", pred), ("linear in MACs (baseline)", base))]
     md = f"# Latency cost model, device `{args.device}`\n\n"
-    md += f"{len(measurements)} architectures measured, {report.unstable} flagged unstable and left out.\n\n"
+    fate = "kept (too few were stable)" if report.fit_on_unstable else "left out"
+    md += f"{len(measurements)} architectures measured, {report.unstable} flagged unstable and {fate}.\n\n"
     md += "## Held-out prediction accuracy\n\n" + markdown_table(
         ["model", "n", "within ±10%", "within ±5%", "mean |error|", "max |error|", f"RMSE ({device.unit})",
          "Kendall tau"], rows)

@@ -98,8 +98,9 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
         return 0
     held = report.holdout["predictor"]
     base = report.holdout["macs_linear_baseline"]
+    left_out = "kept: too few were stable to leave them out" if report.fit_on_unstable else "left out"
     print(f"device {profile.name}: {report.measurements} architectures measured "
-          f"({report.unstable} flagged unstable and left out) in {time.perf_counter() - started:.0f} s")
+          f"({report.unstable} flagged unstable and {left_out}) in {time.perf_counter() - started:.0f} s")
     print(f"held-out ({held['n']} architectures): {100 * held['within_10pct']:.1f}% within ±10%, "
           f"mean |error| {100 * held['mean_abs_rel_error']:.1f}%, RMSE {held['rmse']:.4f} {profile.unit}, "
           f"Kendall tau {held['kendall_tau']:.3f}")

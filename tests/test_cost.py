@@ -25,7 +25,8 @@ from nag.cost import (
     read_measurements,
 )
 from nag.cost.features import features_matrix
-from nag.cost.profiling import profile_device
+from nag.cost.measure import robust_relative_error
+from nag.cost.profiling import fit_device, profile_device
 from nag.cost.store import MEASUREMENTS_FILE, PREDICTOR_FILE, device_dir
 from nag.errors import CheckpointError
 from nag.space import SearchSpace, biggest, count_macs, sample_stratified, sample_uniform, smallest
@@ -97,6 +98,23 @@ def test_measurement_orders_the_extremes(space: SearchSpace, quick_cpu: DevicePr
     assert big.median > 2 * small.median
 
 
+def test_noisy_measurements_get_extra_rounds(space: SearchSpace, quick_cpu: DeviceProfile) -> None:
+    # No machine times a model identically in every round, so a zero noise bar makes every measurement
+    # noisy: each gets as many extra rounds again and stays flagged.
+    strict = dataclasses.replace(quick_cpu, max_noise=1e-12)
+    (m,) = measure_latencies([smallest(space)], space, strict)
+    assert len(m.round_medians) == 2 * strict.rounds and m.runs == 2 * strict.rounds * strict.timed_runs
+    assert not m.stable and m.noise > strict.max_noise
+
+
+def test_one_slow_round_does_not_make_a_measurement_noisy() -> None:
+    steady = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01, 0.99, 1.0]
+    burst = [*steady[:-1], 3.0]  # one round hit by other work: the median barely moves
+    assert robust_relative_error(burst, 1.0) < 0.01
+    scattered = [0.7, 1.3, 0.8, 1.2, 0.75, 1.25, 0.9, 1.1, 0.85, 1.15]
+    assert robust_relative_error(scattered, 1.0) > 0.05
+
+
 def test_flops_device_is_exact(space: SearchSpace) -> None:
     archs = [sample_uniform(space, random.Random(i)) for i in range(5)]
     assert np.allclose(FlopsCostModel(space).predict(archs), [count_macs(a, space) / 1e6 for a in archs])
@@ -134,6 +152,20 @@ def test_profile_device_resumes_and_loads(space: SearchSpace, quick_cpu: DeviceP
     device = load_device(tmp_path, "quick", space)
     assert device.unit == "ms" and device.cost_range[0] < device.cost_range[1]
     assert device.predict([smallest(space), biggest(space)]).shape == (2,)
+
+
+def test_a_too_noisy_machine_still_gets_a_flagged_predictor(space: SearchSpace, quick_cpu: DeviceProfile) -> None:
+    archs = sample_stratified(space, 12, random.Random(2))
+    measured = measure_latencies(archs, space, quick_cpu)
+    clean = fit_device(measured, space, quick_cpu)
+    assert not clean.fit_on_unstable and clean.unstable == 0
+    noisy = [dataclasses.replace(m, stable=False) for m in measured[:-1]] + measured[-1:]
+    report = fit_device(noisy, space, quick_cpu)
+    assert report.fit_on_unstable and report.unstable == 11
+    assert report.predictor is not None and report.predictor.metrics["fit_on_unstable"] is True
+    assert report.predictor.metrics["train_size"] == 12  # every measurement, not the one stable one
+    with pytest.raises(DeviceError, match="needs at least 10"):
+        fit_device(measured[:5], space, quick_cpu)
 
 
 def test_truncated_measurements_and_unknown_devices_are_named(space: SearchSpace, tmp_path: Path) -> None:

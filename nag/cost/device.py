@@ -32,10 +32,11 @@ class DeviceProfile:
     intra_op_threads: int = 1
     batch_size: int = 1
     warmup_runs: int = 20
-    # Many short interleaved rounds: here 10 rounds of 12 runs reproduce medians better (2.2% mean,
-    # 6.4% worst deviation over 3 passes of 24 architectures) than 3 rounds of 40 (2.6%, 8.0%).
-    timed_runs: int = 12
-    rounds: int = 10
+    # Many short interleaved rounds, each round's common speed divided out: over 4 passes of 40
+    # architectures here, 40 rounds of 6 runs reproduced medians to 0.6% mean / 2.6% worst deviation,
+    # 10 rounds of 12 (the earlier default) to 2.2% / 6.0%, 20 rounds of 12 to 1.3% / 5.8%.
+    timed_runs: int = 6
+    rounds: int = 40
     max_noise: float = 0.03  # relative standard error of the median above this flags a measurement
     max_drift: float = 0.04  # a chunk whose anchor architectures moved more than this is measured again
 

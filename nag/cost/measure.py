@@ -3,10 +3,12 @@
 Measurements on a shared machine drift (frequency scaling, other processes), so they are taken in
 interleaved rounds: every architecture of a chunk gets its warm-up, then each round times every
 architecture once, in a fresh shuffled order. Slow phases of the machine then hit all architectures
-alike instead of biasing a few. The reported latency is the median of all runs; its `noise` is the
-relative standard error estimated from the per-round medians. A measurement noisier than the profile's
-`max_noise` is re-measured a bounded number of times and, if still noisy, kept but flagged
-`stable=False` so that the predictor ignores it.
+alike instead of biasing a few, and each round's common speed is divided out. The reported latency is
+the median of all runs; its `noise` is the relative standard error estimated robustly (from the median
+absolute deviation) from the per-round medians, so that one round hit by a burst of other work does
+not condemn a measurement whose median it barely moved. A measurement noisier than the profile's
+`max_noise` gets extra rounds (at most as many again) and, if still noisy, is kept but flagged
+`stable=False` so that the predictor prefers the others.
 
 Runs are timed with `time.perf_counter_ns` around `InferenceSession.run`: ONNX Runtime's built-in
 profiler (`enable_profiling`) writes a JSON trace per session and adds per-node overhead, which is
@@ -60,10 +62,10 @@ class LatencyMeasurement:
 
     @property
     def noise(self) -> float:
-        """Relative standard error of the median, estimated from the spread of the per-round medians."""
-        if self.median <= 0 or len(self.round_medians) < 2:
+        """Relative standard error of the median, estimated from the per-round medians."""
+        if self.median <= 0:
             return 0.0
-        return float(np.std(self.round_medians, ddof=1) / np.sqrt(len(self.round_medians)) / self.median)
+        return robust_relative_error(self.round_medians, self.median)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -78,6 +80,23 @@ class LatencyMeasurement:
             round_medians=tuple(float(v) for v in raw["round_medians"]), runs=int(raw["runs"]),
             stable=bool(raw["stable"]), drift=float(raw.get("drift", 1.0)),
         )
+
+
+# 1.4826 * MAD estimates a normal standard deviation; the median of n samples has sqrt(pi/2) = 1.2533
+# times the standard error of their mean.
+_MAD_TO_SD = 1.4826
+# Below this many architectures a round's common speed cannot be told from the architectures' own noise.
+_MIN_ARCHS_FOR_ROUND_SPEED = 8
+_MEDIAN_SE_FACTOR = 1.2533
+
+
+def robust_relative_error(round_medians: Sequence[float], centre: float) -> float:
+    """Standard error of the median of `round_medians`, relative to `centre`, from their MAD."""
+    values = np.asarray(round_medians, dtype=float)
+    if len(values) < 2 or centre <= 0:
+        return 0.0
+    spread = _MAD_TO_SD * float(np.median(np.abs(values - np.median(values))))
+    return float(_MEDIAN_SE_FACTOR * spread / np.sqrt(len(values)) / centre)
 
 
 def latency_model_bytes(arch: Architecture, space: SearchSpace, seed: int = 0) -> bytes:
@@ -112,15 +131,34 @@ def open_session(model: bytes, profile: DeviceProfile) -> Any:
     return ort.InferenceSession(model, session_options(profile), providers=providers)
 
 
+def _round_noise(rounds: list[list[float]]) -> float:
+    return robust_relative_error([float(np.median(r)) for r in rounds], float(np.median(np.concatenate(rounds))))
+
+
+def _divide_round_speed(timings: list[list[list[float]]]) -> None:
+    """Divide each full round's runs by the machine's speed during that round, in place.
+
+    A round lasts a fraction of a second, and a shared machine's slow phases (another tenant, frequency
+    changes) last about as long, so they hit every architecture of a round alike. The round's speed is
+    the median over architectures of (round median / the architecture's median over all rounds); with
+    a few dozen architectures per chunk this halves the pass-to-pass noise of the medians.
+    """
+    if len(timings) < _MIN_ARCHS_FOR_ROUND_SPEED:
+        return
+    medians = np.array([[np.median(r) for r in arch_rounds] for arch_rounds in timings])  # [archs, rounds]
+    speed = np.median(medians / np.median(medians, axis=1, keepdims=True), axis=0)
+    for arch_rounds in timings:
+        for r, factor in enumerate(speed):
+            arch_rounds[r] = [t / factor for t in arch_rounds[r]]
+
+
 def _summarise(arch: Architecture, space: SearchSpace, rounds: list[list[float]], max_noise: float
                ) -> LatencyMeasurement:
     runs = np.concatenate([np.asarray(r) for r in rounds])
     p10, median, p90 = (float(v) for v in np.percentile(runs, [10, 50, 90]))
     round_medians = tuple(float(np.median(r)) for r in rounds)
-    m = LatencyMeasurement(arch.arch_id, arch.to_json(), count_macs(arch, space), median, p10, p90,
-                           round_medians, len(runs), True)
-    stable = m.noise <= max_noise
-    return LatencyMeasurement(**{**asdict(m), "round_medians": round_medians, "stable": stable})
+    return LatencyMeasurement(arch.arch_id, arch.to_json(), count_macs(arch, space), median, p10, p90,
+                              round_medians, len(runs), bool(_round_noise(rounds) <= max_noise))
 
 
 def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile,
@@ -135,10 +173,10 @@ def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: D
             s.run(None, feed)
     timings: list[list[list[float]]] = [[] for _ in archs]
     rewarm = 2
-    for _ in range(profile.rounds):
-        order = list(range(len(archs)))
-        rng.shuffle(order)
-        for i in order:
+
+    def one_round(indices: list[int]) -> None:
+        rng.shuffle(indices)
+        for i in indices:
             s = sessions[i]
             for _ in range(rewarm):  # the previous architecture evicted this one's weights from the cache
                 s.run(None, feed)
@@ -148,6 +186,15 @@ def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: D
                 s.run(None, feed)
                 times.append((time.perf_counter_ns() - start) / 1e6)
             timings[i].append(times)
+
+    for _ in range(profile.rounds):
+        one_round(list(range(len(archs))))
+    _divide_round_speed(timings)
+    for _ in range(profile.rounds):  # extra rounds, only for the measurements still too noisy
+        noisy = [i for i, t in enumerate(timings) if _round_noise(t) > profile.max_noise]
+        if not noisy:
+            break
+        one_round(noisy)
     return [_summarise(a, space, t, profile.max_noise) for a, t in zip(archs, timings, strict=True)]
 
 

@@ -33,6 +33,8 @@ from nag.space.space import SearchSpace
 
 log = logging.getLogger(__name__)
 
+MIN_FIT_MEASUREMENTS = 10
+
 
 @dataclass(frozen=True)
 class FitReport:
@@ -40,6 +42,8 @@ class FitReport:
     holdout: dict[str, Any]
     measurements: int
     unstable: int
+    # True when too few measurements were stable and the fit used all of them (a noisy machine).
+    fit_on_unstable: bool = False
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +55,21 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 def fit_device(measurements: list[LatencyMeasurement], space: SearchSpace, profile: DeviceProfile,
                holdout_fraction: float = 0.2, seed: int = 0) -> FitReport:
     """Fit on the stable measurements: held-out metrics from a fit without the held-out part, then the
-    shipped predictor refitted on all of them. A MACs-only linear fit on the same split is the baseline."""
+    shipped predictor refitted on all of them. A MACs-only linear fit on the same split is the baseline.
+
+    On a machine so noisy that fewer than a quarter of the measurements (or fewer than 10) are stable,
+    dropping the rest would leave too little to fit, so the fit uses every measurement, logs a warning
+    and records `fit_on_unstable` in the predictor's metrics; the held-out metrics then show the cost."""
+    if len(measurements) < MIN_FIT_MEASUREMENTS:
+        raise DeviceError(f"device {profile.name!r} has {len(measurements)} measurements; the predictor needs at "
+                          f"least {MIN_FIT_MEASUREMENTS}")
     stable = [m for m in measurements if m.stable]
-    if len(stable) < 10:
-        raise DeviceError(f"only {len(stable)} of {len(measurements)} measurements of device {profile.name!r} are "
-                          "stable; the machine is too noisy (stop other work, or raise max_noise/max_drift)")
+    fit_on_unstable = len(stable) < max(MIN_FIT_MEASUREMENTS, len(measurements) // 4)
+    if fit_on_unstable:
+        log.warning("only %d of %d measurements of device %s are stable (the machine is noisy); fitting the "
+                    "predictor on all of them. Re-profile on a quiet machine for an accurate predictor",
+                    len(stable), len(measurements), profile.name)
+        stable = list(measurements)
     archs = [Architecture.from_json(m.arch_json, space) for m in stable]
     y = np.array([m.corrected for m in stable])
     train, test = split_holdout(len(stable), holdout_fraction, seed)
@@ -72,8 +86,9 @@ def fit_device(measurements: list[LatencyMeasurement], space: SearchSpace, profi
     }
     final = LatencyPredictor.fit(archs, y, space, profile.name, profile.unit, seed=seed).with_metrics(
         holdout=holdout["predictor"], holdout_macs_linear_baseline=holdout["macs_linear_baseline"],
-        unstable_dropped=len(measurements) - len(stable))
-    return FitReport(final, holdout, len(measurements), len(measurements) - len(stable))
+        unstable_dropped=len(measurements) - len(stable), fit_on_unstable=fit_on_unstable)
+    unstable = sum(not m.stable for m in measurements)
+    return FitReport(final, holdout, len(measurements), unstable, fit_on_unstable)
 
 
 def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfile, *, num_archs: int = 400,
