@@ -40,15 +40,15 @@ from nag.core.inference import ScoreFn, evaluator_score, generate, pick_architec
 from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.core.rewards import REWARDS, PredictedObjectives
 from nag.core.triplets import read_triplets, supernet_correct
-from nag.cost.measure import measure_latencies
-from nag.cost.store import MEASUREMENTS_FILE, device_dir, read_measurements
+from nag.cost.speed import measure_against_profile
+from nag.cost.store import device_dir
 from nag.data import DataSource, load_splits
 from nag.data.datasets import ImageSet
 from nag.errors import NagError
 from nag.search.baselines import EvolutionConfig, coarse_to_fine_search, evolutionary_search, random_search
 from nag.search.fitness import EvaluationCache, PredictorFitness, SupernetFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
-from nag.space.arch import Architecture, biggest, from_tokens, smallest
+from nag.space.arch import Architecture, from_tokens
 
 log = logging.getLogger("frontier")
 NOISE_ALLOWANCE = 1.05  # measured latency may exceed the budget by 5% (measurement noise)
@@ -296,9 +296,10 @@ def correctness_on_test(ctx: Context, arch: Architecture) -> np.ndarray:
 def judge(ctx: Context, runs: list[Run]) -> tuple[dict[str, np.ndarray], dict[str, float | None], dict[str, float]]:
     """Test correctness and measured latency of every pick, and the machine's speed against the profile's.
 
-    The speed check measures the space's smallest and biggest children in the same pass and divides
-    by what the device profile measured for them: a ratio above 1 means this machine runs slower now
-    than when the latency predictor was fitted, so picks made under the predictor overshoot.
+    The speed check measures 8 of the profile's architectures (spread over its latency range) in the
+    same pass and divides by what the profile measured for them: a ratio above 1 means this machine
+    runs slower now than when the latency predictor was fitted, so picks made under the predictor
+    overshoot.
     """
     unique = {r.arch.arch_id: r.arch for r in runs}
     correct = {}
@@ -308,15 +309,11 @@ def judge(ctx: Context, runs: list[Run]) -> tuple[dict[str, np.ndarray], dict[st
     speed: dict[str, float] = {}
     profile = ctx.models.device.profile
     if profile.kind != "flops":
-        folder = device_dir(ctx.bundle.root, ctx.device_name)
-        profiled = {m.arch_id: m.median for m in read_measurements(folder / MEASUREMENTS_FILE)}
-        anchors = [a for a in (smallest(ctx.space), biggest(ctx.space)) if a.arch_id in profiled]
-        log.info("measuring %d picks and %d anchors in ONNX Runtime", len(unique), len(anchors))
-        for m in measure_latencies(list(unique.values()) + anchors, ctx.space, profile):
-            if m.arch_id in unique:
-                measured[m.arch_id] = m.median
-            if m.arch_id in {a.arch_id for a in anchors}:
-                speed[m.arch_id] = m.median / profiled[m.arch_id]
+        log.info("measuring %d picks and the profile's reference architectures in ONNX Runtime", len(unique))
+        now = measure_against_profile(list(unique.values()), ctx.space, profile,
+                                      device_dir(ctx.bundle.root, ctx.device_name))
+        measured.update({m.arch_id: m.median for m in now.measurements})
+        speed = now.reference_ratios
     else:
         for arch_id, arch in unique.items():
             measured[arch_id] = float(ctx.cost([arch])[0])
@@ -577,9 +574,10 @@ def main(argv: list[str] | None = None) -> int:
     md += "## NAG against per-budget searches\n\nTest accuracy % (measured latency); ✗ = infeasible.\n\n"
     md += accuracy_table(main_data, unit) + "\n" + summary_table(main_data) + "\n"
     if speed:
-        md += ("Machine speed now against the device profile (measured / profiled latency of the smallest and "
-               "biggest child): " + ", ".join(f"{v:.2f}" for v in speed.values()) + ". Every method picks under the "
-               "same latency predictor, fitted on the profile's measurements.\n\n")
+        md += ("Machine speed now against the device profile (measured / profiled latency of the profile's "
+               f"architectures measured alongside): median {float(np.median(list(speed.values()))):.3f}, range "
+               f"{min(speed.values()):.2f}-{max(speed.values()):.2f}. Every method picks under the same latency "
+               "predictor, fitted on the profile's measurements.\n\n")
     md += "Paired on the same test images, 95% bootstrap interval (seeds averaged per image):\n\n"
     md += paired_table(main_data) + "\n"
     if "goal_vs_evolution" in result:

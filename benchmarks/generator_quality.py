@@ -4,8 +4,11 @@
 
 At each budget (evenly spread over the device's range) the generator's pick (seed 0, 64 candidates)
 is checked against the budget by predicted latency and by latency measured in ONNX Runtime (drift
-guarded, one pass over all picks), and its validation accuracy (supernet, BN-calibrated, same images
-as the triplets) is compared with the best collected triplet within that budget.
+guarded, one pass over all picks, with 8 of the profile's architectures measured alongside to tell
+the machine's speed now against the profile's: feasibility is reported as measured and at the
+profile's speed), and its validation accuracy (supernet, BN-calibrated, same images as the triplets)
+is compared with the best collected triplet within that budget (triplets costed by the device's
+current predictor).
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from benchmarks.results_io import RESULTS, machine, markdown_table, write_result
 from nag.bundle import load_bundle
 from nag.core.inference import generate
 from nag.core.triplets import read_triplets, supernet_accuracy
-from nag.cost.measure import measure_latencies
+from nag.cost.speed import measure_against_profile
+from nag.cost.store import device_dir
 from nag.data import DataSource, load_splits
 from nag.errors import NagError
 
@@ -60,31 +64,40 @@ def main(argv: list[str] | None = None) -> int:
     budgets = [float(b) for b in np.linspace(lo + 0.02 * (hi - lo), hi, args.budgets)]
     picks = [generate(bundle, b, args.device, candidates=64, seed=0) for b in budgets]
     measured: list[float | None] = [None] * len(picks)
+    at_profile: list[float | None] = [None] * len(picks)
+    speed: dict[str, Any] = {}
     if models.device.profile.kind != "flops":
         print(f"measuring {len(picks)} picks in ONNX Runtime ...", flush=True)
-        ms = measure_latencies([g.arch for g in picks], space, models.device.profile)
-        measured = [m.median for m in ms]
+        now = measure_against_profile([g.arch for g in picks], space, models.device.profile,
+                                      device_dir(bundle.root, args.device))
+        measured = [m.median for m in now.measurements]
+        at_profile = list(now.at_profile_speed())
+        speed = {"now_over_profiled": now.speed, "per_reference": now.reference_ratios}
     cfg = bundle.trained.meta.get("config", {})
     splits = load_splits(DataSource(), int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
                          space.input.channels)
     val = splits.val.subset(torch.arange(min(args.val_images, len(splits.val))))
     calib = bundle.trained.calibration_float[: args.calib_images]
     rows, records = [], []
-    cost = np.array([t.cost[args.device] for t in triplets])
+    # The device's current predictor, not the triplets' stored costs (those may predate a re-profile).
+    cost = models.device.predict([t.arch(space) for t in triplets])
     accs = np.array([t.val_acc for t in triplets])
-    for b, g, m in zip(budgets, picks, measured, strict=True):
+    for b, g, m, mp in zip(budgets, picks, measured, at_profile, strict=True):
         acc = supernet_accuracy(bundle.trained.supernet, g.arch, calib, val)
         within = accs[cost <= b]
         best = float(within.max()) if len(within) else float("nan")
         rec = {"budget": b, "arch_id": g.arch.arch_id, "predicted": g.predicted_cost, "measured": m,
                "feasible_predicted": g.predicted_cost <= b, "feasible_measured": None if m is None else m <= b,
-               "feasible_measured_5pct": None if m is None else m <= 1.05 * b, "val_acc": acc,
+               "feasible_measured_5pct": None if m is None else m <= 1.05 * b,
+               "measured_at_profile_speed": mp, "feasible_at_profile_speed": None if mp is None else mp <= b,
+               "val_acc": acc,
                "predicted_acc": g.predicted_accuracy, "best_triplet_acc_within_budget": best,
                "gap_to_best_triplet": acc - best, "macs": g.macs, "fallback": g.fallback}
         records.append(rec)
         rows.append([f"{b:.4g}", f"{g.predicted_cost:.4g}", "-" if m is None else f"{m:.4g}",
-                     "yes" if rec["feasible_predicted"] else "NO",
+                     "-" if mp is None else f"{mp:.4g}", "yes" if rec["feasible_predicted"] else "NO",
                      "-" if m is None else ("yes" if m <= b else ("≤5%" if m <= 1.05 * b else "NO")),
+                     "-" if mp is None else ("yes" if mp <= b else "NO"),
                      f"{g.macs / 1e6:.2f}", f"{acc:.2f}", f"{best:.2f}", f"{acc - best:+.2f}"])
     mid = budgets[len(budgets) // 2]
     times = generation_time_ms(bundle, args.device, mid, args.timing_repeats)
@@ -94,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         "feasible_by_measured": None if measured[0] is None else sum(bool(r["feasible_measured"]) for r in records) / n,
         "feasible_by_measured_within_5pct": None if measured[0] is None
         else sum(bool(r["feasible_measured_5pct"]) for r in records) / n,
+        "feasible_at_profile_speed": None if measured[0] is None
+        else sum(bool(r["feasible_at_profile_speed"]) for r in records) / n,
+        "machine_speed": speed,
         "mean_gap_to_best_triplet": statistics.mean(r["gap_to_best_triplet"] for r in records),
         "generation_ms_median": statistics.median(times), "generation_ms_p90": float(np.percentile(times, 90)),
     }
@@ -101,12 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     md = (f"# Generator quality, bundle `{bundle.bundle_id}`, device `{args.device}`\n\n"
           f"{n} budgets; pick = generate(budget, candidates=64, seed=0). Validation accuracy on "
           f"{len(val)} images (the triplets' images), BN calibrated on {len(calib)}.\n\n")
-    md += markdown_table([f"budget ({unit})", "predicted", "measured", "feasible (pred.)", "feasible (meas.)",
-                          "MMACs", "val acc %", "best triplet ≤ budget %", "gap"], rows)
+    md += markdown_table([f"budget ({unit})", "predicted", "measured", "at profile speed", "feasible (pred.)",
+                          "feasible (meas.)", "feasible (profile speed)", "MMACs", "val acc %",
+                          "best triplet ≤ budget %", "gap"], rows)
     md += (f"\nFeasible by predicted cost: {100 * summary['feasible_by_predicted']:.0f}%"
            + ("" if summary["feasible_by_measured"] is None else
               f"; by measured latency: {100 * summary['feasible_by_measured']:.0f}% "
-              f"({100 * summary['feasible_by_measured_within_5pct']:.0f}% within budget × 1.05)")
+              f"({100 * summary['feasible_by_measured_within_5pct']:.0f}% within budget × 1.05); at the "
+              f"profile's speed: {100 * summary['feasible_at_profile_speed']:.0f}% (this machine ran "
+              f"{speed['now_over_profiled']:.3f}× the profiled latency on {len(speed['per_reference'])} of the "
+              "profile's architectures measured alongside)")
            + f". Mean gap to the best triplet within budget: {summary['mean_gap_to_best_triplet']:+.2f} points.\n\n"
            f"Generation time (sample + predict + choose, no export), {args.timing_repeats} calls at "
            f"{mid:.4g} {unit}: median {summary['generation_ms_median']:.1f} ms, "

@@ -27,6 +27,7 @@ from nag.cost import (
 from nag.cost.features import features_matrix
 from nag.cost.measure import robust_relative_error
 from nag.cost.profiling import fit_device, profile_device
+from nag.cost.speed import measure_against_profile, reference_architectures
 from nag.cost.store import MEASUREMENTS_FILE, PREDICTOR_FILE, device_dir
 from nag.errors import CheckpointError
 from nag.space import SearchSpace, biggest, count_macs, sample_stratified, sample_uniform, smallest
@@ -152,6 +153,24 @@ def test_profile_device_resumes_and_loads(space: SearchSpace, quick_cpu: DeviceP
     device = load_device(tmp_path, "quick", space)
     assert device.unit == "ms" and device.cost_range[0] < device.cost_range[1]
     assert device.predict([smallest(space), biggest(space)]).shape == (2,)
+
+
+def test_measuring_against_the_profile_reports_the_machine_speed(space: SearchSpace, quick_cpu: DeviceProfile,
+                                                                 tmp_path: Path) -> None:
+    profile_device(tmp_path, space, quick_cpu, num_archs=12, progress=False)
+    folder = device_dir(tmp_path, "quick")
+    profiled = read_measurements(folder / MEASUREMENTS_FILE)
+    refs = reference_architectures(profiled, space, 4)
+    latencies = sorted(m.corrected for m in profiled)
+    by_id = {m.arch_id: m.corrected for m in profiled}
+    assert len(refs) == 4 and by_id[refs[0].arch_id] == latencies[0] and by_id[refs[-1].arch_id] == latencies[-1]
+    archs = [smallest(space), sample_uniform(space, random.Random(9)), smallest(space)]
+    now = measure_against_profile(archs, space, quick_cpu, folder, references=4)
+    assert [m.arch_id for m in now.measurements] == [a.arch_id for a in archs]
+    # The smallest child is itself a reference candidate, so it is measured once and not used as one.
+    assert smallest(space).arch_id not in now.reference_ratios and 3 <= len(now.reference_ratios) <= 4
+    assert now.speed == float(np.median(list(now.reference_ratios.values()))) and now.speed > 0
+    assert np.allclose(now.at_profile_speed(), [m.corrected / now.speed for m in now.measurements])
 
 
 def test_a_too_noisy_machine_still_gets_a_flagged_predictor(space: SearchSpace, quick_cpu: DeviceProfile) -> None:
