@@ -36,7 +36,7 @@ from benchmarks.results_io import RESULTS, machine, markdown_table, write_result
 from nag.bundle import load_bundle
 from nag.config import MIDDLE_SAMPLERS, profile
 from nag.core.encoding import TokenEncoder
-from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
 from nag.core.inference import evaluator_score, pick_architecture
 from nag.core.triplets import supernet_accuracy, supernet_correct
 from nag.errors import NagError
@@ -234,7 +234,8 @@ def run_fpnas(bundle_path: str, device: str, settings: FpnasSettings) -> tuple[d
             torch.manual_seed(seed)
             generator = Generator(bundle.space, budgets, cfg.hidden, cfg.budget_dim, factorized=factorized)
             started = time.perf_counter()
-            history = train_generator(generator, models.evaluator, replace(cfg, seed=seed), progress=False)
+            history = train_generator(generator, models.evaluator, replace(cfg, seed=seed), progress=False,
+                                      cost=token_cost(models.device.predict, bundle.space))
             seconds = time.perf_counter() - started
             generator.eval()
             per_seed.append({"seed": seed, "seconds": seconds, "sampled": history[-1]["sampled_total"],
@@ -254,8 +255,8 @@ def judge_policy(generator: Generator, models: Any, bundle: Any, encoder: TokenE
                  samples: int, seed: int) -> dict[str, float]:
     b = torch.tensor(budgets).repeat_interleave(samples)
     s = generator.sample(b, torch.Generator().manual_seed(1000 + seed))
-    reward = models.evaluator(encoder.encode(s.tokens), b.double())
     costs = models.device.predict([from_tokens(t, bundle.space) for t in s.tokens.tolist()])
+    reward = models.evaluator(encoder.encode(s.tokens), b.double(), torch.as_tensor(costs))
     picks = [pick_architecture(generator, models.device, evaluator_score(generator, models.evaluator), budget, 64,
                                torch.Generator().manual_seed(seed)) for budget in budgets]
     acc = bundle.accuracy.predict(encoder.encode(torch.tensor([p.tokens for p in picks])))

@@ -35,7 +35,7 @@ from nag.bundle.bundle import Bundle
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, RewardFn, train_generator
+from nag.core.generator import Generator, GeneratorConfig, RewardFn, token_cost, train_generator
 from nag.core.inference import ScoreFn, evaluator_score, generate, pick_architecture
 from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.core.rewards import REWARDS, PredictedObjectives
@@ -194,7 +194,7 @@ def train_policy(ctx: Context, budgets: list[float], reward: Evaluator | RewardF
     cfg = ctx.generator_config(steps, seed)
     torch.manual_seed(seed)
     generator = Generator(ctx.space, budgets, cfg.hidden, cfg.budget_dim)
-    train_generator(generator, reward, cfg, progress=False)
+    train_generator(generator, reward, cfg, progress=False, cost=token_cost(ctx.cost, ctx.space))
     return generator
 
 
@@ -246,7 +246,8 @@ def run_reward_ablation(ctx: Context, budgets: list[float]) -> list[Run]:
             reward = REWARDS[name](objectives)
             generator = train_policy(ctx, train_budgets, reward, None, 0)
 
-            def score(tokens: torch.Tensor, budget: float, reward: RewardFn = reward) -> torch.Tensor:
+            def score(tokens: torch.Tensor, cost: torch.Tensor, budget: float, reward: RewardFn = reward
+                      ) -> torch.Tensor:
                 return reward(tokens, torch.full((len(tokens),), budget, dtype=torch.float64))
 
         ctx.one_off_seconds[f"train_{name}"] = time.perf_counter() - started

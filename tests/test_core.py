@@ -13,12 +13,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nag.bundle import BundleError, load_bundle
+from nag.artifacts import load_artifact, save_artifact
+from nag.bundle import BundleError, load_bundle, load_evaluator, save_evaluator
 from nag.core.budgets import BudgetEmbedding, even_budgets
 from nag.core.dominance import dominance, dominance_tensor
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
+from nag.core.generator import Generator, GeneratorConfig, evaluator_reward, token_cost, train_generator
 from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate
 from nag.cost.device import DeviceError
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
@@ -71,13 +72,65 @@ def _synthetic(space: SearchSpace, n: int = 300):
     return archs, enc, cost, acc
 
 
-def test_evaluator_learns_dominance(space: SearchSpace) -> None:
+def _macs_cost(space: SearchSpace):
+    return token_cost(lambda archs: [count_macs(a, space) / 1e6 for a in archs], space)
+
+
+@pytest.mark.parametrize("cost_features", [True, False])
+def test_evaluator_learns_dominance(space: SearchSpace, cost_features: bool) -> None:
     _, enc, cost, acc = _synthetic(space)
     budgets = even_budgets(float(cost.min()), float(cost.max()), 5)
-    _, report = train_evaluator(enc, cost, acc, budgets, EvaluatorConfig(steps=600, eval_every=100, seed=0),
-                                progress=False)
+    cfg = EvaluatorConfig(steps=600, eval_every=100, seed=0, cost_features=cost_features)
+    evaluator, report = train_evaluator(enc, cost, acc, budgets, cfg, progress=False)
     assert report["heldout"]["overall"] > 0.8
     assert len(report["heldout"]["per_budget"]) == 5
+    assert evaluator.cost_features is cost_features
+
+
+def test_cost_features_rank_by_feasibility_at_the_budget(space: SearchSpace) -> None:
+    """Eq. 6 is a step at c = B: with the cost features the evaluator places it there, so at a budget
+    between two architectures' costs the cheaper one wins, and just above both the more accurate."""
+    _, enc, cost, acc = _synthetic(space)
+    budgets = even_budgets(float(cost.min()), float(cost.max()), 5)
+    evaluator, _ = train_evaluator(enc, cost, acc, budgets, EvaluatorConfig(steps=600, seed=0), progress=False)
+    order = torch.argsort(cost)
+    wins = total = 0
+    with torch.no_grad():
+        for lo, hi in zip(order[100:200:10].tolist(), order[200:300:10].tolist(), strict=True):
+            pair = torch.tensor([lo, hi])
+            if acc[hi] <= acc[lo]:
+                continue
+            between = torch.full((2,), float(cost[lo] + cost[hi]) / 2, dtype=torch.float64)
+            above = torch.full((2,), float(cost[hi]) * 1.01, dtype=torch.float64)
+            s_between = evaluator(enc[pair], between, cost[pair])
+            s_above = evaluator(enc[pair], above, cost[pair])
+            wins += int(s_between[0] > s_between[1]) + int(s_above[1] > s_above[0])
+            total += 2
+    assert total >= 10 and wins / total >= 0.8
+    with pytest.raises(ValueError, match="predicted cost"):
+        evaluator(enc[:2], torch.full((2,), budgets[1], dtype=torch.float64))
+    with pytest.raises(ValueError, match="TokenCost"):
+        evaluator_reward(Generator(space, budgets), evaluator)
+    assert isinstance(evaluator, Evaluator)
+
+
+def test_saved_evaluator_keeps_its_inputs(space: SearchSpace, tmp_path: Path) -> None:
+    budgets = [1.0, 2.0]
+    dim = TokenEncoder(space).dim
+    with_cost = Evaluator(dim, budgets, hidden=16, budget_dim=8)
+    save_evaluator(tmp_path / "e.pt", with_cost, dim, 16, 8, {})
+    loaded = load_evaluator(tmp_path / "e.pt")
+    enc = torch.zeros(3, dim)
+    budget, cost = torch.full((3,), 1.5, dtype=torch.float64), torch.tensor([1.0, 1.5, 2.0], dtype=torch.float64)
+    assert loaded.cost_features and torch.equal(loaded(enc, budget, cost), with_cost.eval()(enc, budget, cost))
+    # An evaluator saved before the cost features existed loads as one without them.
+    legacy = Evaluator(dim, budgets, hidden=16, budget_dim=8, cost_features=False)
+    save_evaluator(tmp_path / "old.pt", legacy, dim, 16, 8, {})
+    raw = load_artifact(tmp_path / "old.pt")
+    del raw["cost_features"]
+    save_artifact(tmp_path / "old.pt", raw)
+    old = load_evaluator(tmp_path / "old.pt")
+    assert not old.cost_features and torch.equal(old(enc, budget), legacy.eval()(enc, budget))
 
 
 def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSpace) -> None:
@@ -92,7 +145,7 @@ def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSp
     for row in first.tolist():
         from_tokens(row, space)  # every sample decodes to a valid architecture
     history = train_generator(gen, evaluator, GeneratorConfig(steps=60, log_every=10, samples_per_budget=16),
-                              progress=False)
+                              progress=False, cost=_macs_cost(space))
     start, end = history[0]["mean_reward"], history[-1]["mean_reward"]
     assert sum(end) > sum(start)
 

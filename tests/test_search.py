@@ -186,7 +186,7 @@ def test_baseline_rewards_penalise_overshoot_and_train_a_policy(tiny_bundle: Pat
     history = train_generator(generator, tunas_reward(objectives), GeneratorConfig(steps=8, log_every=4,
                               samples_per_budget=8, seed=0), progress=False)
     assert len(history) >= 2
-    score = lambda t, b: tunas_reward(objectives)(t, torch.full((len(t),), b, dtype=torch.float64))  # noqa: E731
+    score = lambda t, c, b: tunas_reward(objectives)(t, torch.full((len(t),), b, dtype=torch.float64))  # noqa: E731
     pick = pick_architecture(generator, models.device, score, budgets[0], 16, torch.Generator().manual_seed(0))
     assert pick.cost <= budgets[0] and pick.feasible >= 1
 

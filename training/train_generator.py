@@ -36,7 +36,7 @@ from nag.core.accuracy import AccuracyPredictor
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
 from nag.core.triplets import read_triplets
 from nag.cost.device import packaged_profile
 from nag.cost.profiling import profile_device
@@ -136,7 +136,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
                 return float((costs <= budget).mean())
 
             history = train_generator(generator, evaluator, gcfg, feasible, folder / "generator_log.jsonl",
-                                      progress)
+                                      progress, cost=token_cost(device.predict, space))
             save_generator(folder / GENERATOR_FILE, generator, gcfg.__dict__)
             last = history[-1] if history else {}
             metrics["devices"][name] = {

@@ -53,14 +53,16 @@ def save_evaluator(path: Path, model: Evaluator, in_dim: int, hidden: int, budge
                    report: dict[str, Any]) -> None:
     save_artifact(path, {"kind": "evaluator", "state": model.state_dict(), "in_dim": in_dim, "hidden": hidden,
                          "budget_dim": budget_dim, "budgets": [float(b) for b in model.budget.budgets],
-                         "report": json.dumps(report)})
+                         "cost_features": model.cost_features, "report": json.dumps(report)})
 
 
 def load_evaluator(path: Path) -> Evaluator:
     raw = load_artifact(path, "evaluator")
     if raw.get("kind") != "evaluator":
         raise BundleError(f"{path} is not an evaluator")
-    model = Evaluator(int(raw["in_dim"]), list(raw["budgets"]), int(raw["hidden"]), int(raw["budget_dim"]))
+    # Evaluators saved before the cost features existed read the encoding and budget only.
+    model = Evaluator(int(raw["in_dim"]), list(raw["budgets"]), int(raw["hidden"]), int(raw["budget_dim"]),
+                      bool(raw.get("cost_features", False)))
     model.load_state_dict(raw["state"])
     return model.eval()
 

@@ -31,6 +31,7 @@ from tqdm import tqdm
 from nag.core.budgets import BudgetEmbedding
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator
+from nag.space.arch import Architecture, from_tokens
 from nag.space.space import SearchSpace
 
 log = logging.getLogger(__name__)
@@ -140,30 +141,50 @@ class Generator(nn.Module):
         return Sample(tokens, log_prob, entropy)
 
 
-def evaluator_reward(generator: Generator, evaluator: Evaluator) -> RewardFn:
-    """PNAG's reward: the evaluator's score R(β | B) of the sampled architectures."""
+# Token sequences [N, T] -> their predicted cost [N] on a device.
+TokenCost = Callable[[torch.Tensor], torch.Tensor]
+
+
+def token_cost(predict: Callable[[list[Architecture]], Any], space: SearchSpace) -> TokenCost:
+    """A TokenCost from a cost model over architectures (e.g. `Device.predict`)."""
+
+    def cost(tokens: torch.Tensor) -> torch.Tensor:
+        archs = [from_tokens(t, space) for t in tokens.tolist()]
+        return torch.as_tensor(predict(archs), dtype=torch.float64)
+
+    return cost
+
+
+def evaluator_reward(generator: Generator, evaluator: Evaluator, cost: TokenCost | None = None) -> RewardFn:
+    """PNAG's reward: the evaluator's score R(β | B) of the sampled architectures (`cost` feeds an
+    evaluator built with cost features)."""
+    if evaluator.cost_features and cost is None:
+        raise ValueError("this evaluator reads the architectures' predicted cost: pass the device's TokenCost")
 
     def reward(tokens: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        return evaluator(generator.encoder.encode(tokens), budget.double())
+        c = cost(tokens) if evaluator.cost_features and cost is not None else None
+        return evaluator(generator.encoder.encode(tokens), budget.double(), c)
 
     return reward
 
 
 def train_generator(generator: Generator, reward: Evaluator | RewardFn, cfg: GeneratorConfig,
                     feasibility: Callable[[torch.Tensor, float], float] | None = None,
-                    log_path: str | Path | None = None, progress: bool = True) -> list[dict[str, Any]]:
+                    log_path: str | Path | None = None, progress: bool = True, cost: TokenCost | None = None
+                    ) -> list[dict[str, Any]]:
     """REINFORCE with the entropy bonus (PNAG Eq. 3-4) over the generator's K budgets.
 
     `reward` is the evaluator (PNAG) or any reward function of (tokens, budgets), e.g. the
-    MnasNet and TuNAS rewards of the ablations. `feasibility(tokens, budget)` (optional) returns the
-    share of sampled architectures within budget, for the log. Each log line holds per budget the mean
+    MnasNet and TuNAS rewards of the ablations; `cost` is the device's cost model, which an evaluator
+    with cost features needs. `feasibility(tokens, budget)` (optional) returns the share of sampled
+    architectures within budget, for the log. Each log line holds per budget the mean
     reward, the policy entropy, the samples drawn and feasibility, and the architectures sampled so far.
     Each budget weighs equally in the loss whatever its sample count.
     """
     if cfg.factorized_steps > 0 and not generator.factorized:
         raise ValueError("factorized_steps > 0 needs a Generator built with factorized=True")
     evaluator = reward if isinstance(reward, Evaluator) else None
-    reward_fn = evaluator_reward(generator, evaluator) if evaluator is not None else reward
+    reward_fn = evaluator_reward(generator, evaluator, cost) if evaluator is not None else reward
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     budgets = generator.budget.budgets.float()

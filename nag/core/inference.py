@@ -78,8 +78,8 @@ def check_budget(budget: float, models: DeviceModels, candidates: int) -> None:
             f"{models.name!r}: the minimum is {models.min_cost:.4g} {models.device.unit}", models.min_cost)
 
 
-# (feasible tokens [N, T], budget) -> scores [N]; the highest is picked.
-ScoreFn = Callable[[torch.Tensor, float], torch.Tensor]
+# (feasible tokens [N, T], their predicted cost [N], budget) -> scores [N]; the highest is picked.
+ScoreFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,8 @@ def pick_architecture(generator: Generator, device: Device, score: ScoreFn, budg
         feasible_tokens = [to_tokens(cheapest, space)]
         feasible_cost = [float(device.predict([cheapest])[0])]
     sampled = time.perf_counter()
-    scores = score(torch.tensor(feasible_tokens, dtype=torch.long), float(budget))
+    scores = score(torch.tensor(feasible_tokens, dtype=torch.long), torch.tensor(feasible_cost, dtype=torch.float64),
+                   float(budget))
     best = int(torch.argmax(scores))
     return Pick(feasible_tokens[best], feasible_cost[best], float(scores[best]), candidates * rounds,
                 0 if fallback else len(feasible_tokens), rounds, fallback,
@@ -129,9 +130,9 @@ def pick_architecture(generator: Generator, device: Device, score: ScoreFn, budg
 
 
 def evaluator_score(generator: Generator, evaluator: Evaluator) -> ScoreFn:
-    def score(tokens: torch.Tensor, budget: float) -> torch.Tensor:
+    def score(tokens: torch.Tensor, cost: torch.Tensor, budget: float) -> torch.Tensor:
         encoding = generator.encoder.encode(tokens)
-        return evaluator(encoding, torch.full((len(tokens),), float(budget), dtype=torch.float64))
+        return evaluator(encoding, torch.full((len(tokens),), float(budget), dtype=torch.float64), cost)
 
     return score
 
