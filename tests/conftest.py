@@ -5,8 +5,9 @@ import random
 import pytest
 import torch
 
+from nag.core.generator import TokenCost, token_cost
 from nag.data import DataSource, DataSplits, load_splits
-from nag.space import SearchSpace, load_space
+from nag.space import SearchSpace, count_macs, load_space
 from nag.supernet import Supernet
 
 
@@ -30,6 +31,12 @@ def perturbed_supernet(space: SearchSpace) -> Supernet:
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.2, 0.2)
     return net
+
+
+@pytest.fixture(scope="session")
+def macs_cost(space: SearchSpace) -> TokenCost:
+    """Token sequences -> their MMACs: the cost model of the synthetic evaluators in the tests."""
+    return token_cost(lambda archs: [count_macs(a, space) / 1e6 for a in archs], space)
 
 
 @pytest.fixture()

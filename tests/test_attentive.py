@@ -15,7 +15,7 @@ from nag.config import profile
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, adaptive_sample_count, token_cost, train_generator
+from nag.core.generator import Generator, GeneratorConfig, TokenCost, adaptive_sample_count, train_generator
 from nag.errors import NagError
 from nag.space import SearchSpace, count_macs, sample_stratified
 from nag.supernet import Supernet
@@ -88,10 +88,6 @@ def test_attentive_training_steps_are_deterministic(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _macs_cost(space: SearchSpace):
-    return token_cost(lambda archs: [count_macs(a, space) / 1e6 for a in archs], space)
-
-
 def _evaluator(space: SearchSpace):
     """An evaluator trained on synthetic triplets: accuracy grows with log MACs, plus noise."""
     archs = sample_stratified(space, 200, random.Random(0))
@@ -109,25 +105,26 @@ def test_adaptive_sample_count_follows_entropy() -> None:
     assert counts.tolist() == [64, 20, 10, 4]
 
 
-def test_adaptive_sampling_draws_fewer_as_entropy_falls(space: SearchSpace) -> None:
+def test_adaptive_sampling_draws_fewer_as_entropy_falls(space: SearchSpace, macs_cost: TokenCost) -> None:
     evaluator, budgets = _evaluator(space)
     torch.manual_seed(0)
     generator = Generator(space, budgets, hidden=32, budget_dim=16)
     cfg = GeneratorConfig(steps=80, log_every=10, samples_per_budget=16, lr=1e-2, entropy_weight=0.0,
                           adaptive_lambda=0.6, min_samples=4, max_samples=48, seed=0)
-    history = train_generator(generator, evaluator, cfg, progress=False, cost=_macs_cost(space))
+    history = train_generator(generator, evaluator, cfg, progress=False, cost=macs_cost)
     first, last = history[0], history[-1]
     assert sum(last["entropy"]) < sum(first["entropy"])
     assert sum(last["samples"]) < sum(first["samples"])
     assert last["sampled_total"] < 80 * 48 * len(budgets)
 
 
-def test_coarse_to_fine_switch_keeps_the_distribution(space: SearchSpace, tmp_path: Path) -> None:
+def test_coarse_to_fine_switch_keeps_the_distribution(space: SearchSpace, tmp_path: Path, macs_cost: TokenCost
+                                                     ) -> None:
     evaluator, budgets = _evaluator(space)
     torch.manual_seed(0)
     generator = Generator(space, budgets, hidden=32, budget_dim=16, factorized=True)
     train_generator(generator, evaluator, GeneratorConfig(steps=6, factorized_steps=6, samples_per_budget=8,
-                                                          log_every=3), progress=False, cost=_macs_cost(space))
+                                                          log_every=3), progress=False, cost=macs_cost)
     b = torch.full((16,), budgets[1])
     generator.coarse = True
     coarse = generator.sample(b, torch.Generator().manual_seed(3))
@@ -136,7 +133,7 @@ def test_coarse_to_fine_switch_keeps_the_distribution(space: SearchSpace, tmp_pa
     assert torch.equal(coarse.tokens, joint.tokens) and torch.allclose(coarse.log_prob, joint.log_prob)
     history = train_generator(generator, evaluator, GeneratorConfig(steps=6, factorized_steps=3, samples_per_budget=8,
                                                                     log_every=1), progress=False,
-                              cost=_macs_cost(space))
+                              cost=macs_cost)
     assert [h["stage"] for h in history] == ["factorized"] * 3 + ["joint"] * 3
     assert any(float(h.weight.detach().abs().sum()) > 0 for h in generator.heads)  # the LSTM joined in
     save_generator(tmp_path / "g.pt", generator, {})

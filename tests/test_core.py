@@ -19,7 +19,7 @@ from nag.core.budgets import BudgetEmbedding, even_budgets
 from nag.core.dominance import dominance, dominance_tensor
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, evaluator_reward, token_cost, train_generator
+from nag.core.generator import Generator, GeneratorConfig, TokenCost, train_generator
 from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate
 from nag.cost.device import DeviceError
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
@@ -72,10 +72,6 @@ def _synthetic(space: SearchSpace, n: int = 300):
     return archs, enc, cost, acc
 
 
-def _macs_cost(space: SearchSpace):
-    return token_cost(lambda archs: [count_macs(a, space) / 1e6 for a in archs], space)
-
-
 @pytest.mark.parametrize("cost_features", [True, False])
 def test_evaluator_learns_dominance(space: SearchSpace, cost_features: bool) -> None:
     _, enc, cost, acc = _synthetic(space)
@@ -110,8 +106,7 @@ def test_cost_features_rank_by_feasibility_at_the_budget(space: SearchSpace) -> 
     with pytest.raises(ValueError, match="predicted cost"):
         evaluator(enc[:2], torch.full((2,), budgets[1], dtype=torch.float64))
     with pytest.raises(ValueError, match="TokenCost"):
-        evaluator_reward(Generator(space, budgets), evaluator)
-    assert isinstance(evaluator, Evaluator)
+        train_generator(Generator(space, budgets), evaluator, GeneratorConfig(steps=1), progress=False)
 
 
 def test_saved_evaluator_keeps_its_inputs(space: SearchSpace, tmp_path: Path) -> None:
@@ -133,7 +128,8 @@ def test_saved_evaluator_keeps_its_inputs(space: SearchSpace, tmp_path: Path) ->
     assert not old.cost_features and torch.equal(old(enc, budget), legacy.eval()(enc, budget))
 
 
-def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSpace) -> None:
+def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSpace, macs_cost: TokenCost
+                                                                   ) -> None:
     _, enc, cost, acc = _synthetic(space)
     budgets = even_budgets(float(cost.min()), float(cost.max()), 4)
     evaluator, _ = train_evaluator(enc, cost, acc, budgets, EvaluatorConfig(steps=300, seed=0), progress=False)
@@ -145,7 +141,7 @@ def test_generator_sampling_is_seeded_and_training_raises_reward(space: SearchSp
     for row in first.tolist():
         from_tokens(row, space)  # every sample decodes to a valid architecture
     history = train_generator(gen, evaluator, GeneratorConfig(steps=60, log_every=10, samples_per_budget=16),
-                              progress=False, cost=_macs_cost(space))
+                              progress=False, cost=macs_cost)
     start, end = history[0]["mean_reward"], history[-1]["mean_reward"]
     assert sum(end) > sum(start)
 

@@ -42,7 +42,6 @@ from nag.cost.device import packaged_profile
 from nag.cost.profiling import profile_device
 from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, list_devices, load_device
 from nag.errors import NagError
-from nag.space.arch import from_tokens
 from nag.supernet.io import load_supernet
 
 log = logging.getLogger("train_generator")
@@ -130,13 +129,8 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
                                    factorized_steps=cfg.factorized_steps, seed=cfg.seed)
             torch.manual_seed(cfg.seed)
             generator = Generator(space, budgets, gcfg.hidden, gcfg.budget_dim, factorized=gcfg.factorized_steps > 0)
-
-            def feasible(tokens: torch.Tensor, budget: float, device: Any = device) -> float:
-                costs = device.predict([from_tokens(t, space) for t in tokens.tolist()])
-                return float((costs <= budget).mean())
-
-            history = train_generator(generator, evaluator, gcfg, feasible, folder / "generator_log.jsonl",
-                                      progress, cost=token_cost(device.predict, space))
+            history = train_generator(generator, evaluator, gcfg, token_cost(device.predict, space),
+                                      folder / "generator_log.jsonl", progress)
             save_generator(folder / GENERATOR_FILE, generator, gcfg.__dict__)
             last = history[-1] if history else {}
             metrics["devices"][name] = {

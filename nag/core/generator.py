@@ -155,36 +155,25 @@ def token_cost(predict: Callable[[list[Architecture]], Any], space: SearchSpace)
     return cost
 
 
-def evaluator_reward(generator: Generator, evaluator: Evaluator, cost: TokenCost | None = None) -> RewardFn:
-    """PNAG's reward: the evaluator's score R(β | B) of the sampled architectures (`cost` feeds an
-    evaluator built with cost features)."""
-    if evaluator.cost_features and cost is None:
-        raise ValueError("this evaluator reads the architectures' predicted cost: pass the device's TokenCost")
-
-    def reward(tokens: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
-        c = cost(tokens) if evaluator.cost_features and cost is not None else None
-        return evaluator(generator.encoder.encode(tokens), budget.double(), c)
-
-    return reward
-
-
 def train_generator(generator: Generator, reward: Evaluator | RewardFn, cfg: GeneratorConfig,
-                    feasibility: Callable[[torch.Tensor, float], float] | None = None,
-                    log_path: str | Path | None = None, progress: bool = True, cost: TokenCost | None = None
+                    cost: TokenCost | None = None, log_path: str | Path | None = None, progress: bool = True
                     ) -> list[dict[str, Any]]:
     """REINFORCE with the entropy bonus (PNAG Eq. 3-4) over the generator's K budgets.
 
-    `reward` is the evaluator (PNAG) or any reward function of (tokens, budgets), e.g. the
-    MnasNet and TuNAS rewards of the ablations; `cost` is the device's cost model, which an evaluator
-    with cost features needs. `feasibility(tokens, budget)` (optional) returns the share of sampled
-    architectures within budget, for the log. Each log line holds per budget the mean
-    reward, the policy entropy, the samples drawn and feasibility, and the architectures sampled so far.
-    Each budget weighs equally in the loss whatever its sample count.
+    `reward` is the evaluator (PNAG's reward, its score R(β | B)) or any reward function of (tokens,
+    budgets), e.g. the MnasNet and TuNAS rewards of the ablations. `cost` is the device's cost model:
+    an evaluator with cost features reads it, and with it each log line also holds the share of
+    sampled architectures within budget. Each log line holds per budget the mean reward, the policy
+    entropy and the samples drawn, and the architectures sampled so far. Each budget weighs equally in
+    the loss whatever its sample count.
     """
     if cfg.factorized_steps > 0 and not generator.factorized:
         raise ValueError("factorized_steps > 0 needs a Generator built with factorized=True")
     evaluator = reward if isinstance(reward, Evaluator) else None
-    reward_fn = evaluator_reward(generator, evaluator, cost) if evaluator is not None else reward
+    reward_fn = None if isinstance(reward, Evaluator) else reward
+    needs_cost = evaluator is not None and evaluator.cost_features
+    if needs_cost and cost is None:
+        raise ValueError("this evaluator reads the architectures' predicted cost: pass the device's TokenCost")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     budgets = generator.budget.budgets.float()
@@ -209,8 +198,13 @@ def train_generator(generator: Generator, reward: Evaluator | RewardFn, cfg: Gen
             groups = [slice(int(a), int(b)) for a, b in zip(counts.cumsum(0) - counts, counts.cumsum(0), strict=True)]
             s = generator.sample(budget_batch, gen)
             sampled_total += len(budget_batch)
+            costs = cost(s.tokens) if needs_cost and cost is not None else None
             with torch.no_grad():
-                reward = reward_fn(s.tokens, budget_batch).float()
+                if evaluator is not None:
+                    reward = evaluator(generator.encoder.encode(s.tokens), budget_batch.double(), costs).float()
+                else:
+                    assert reward_fn is not None
+                    reward = reward_fn(s.tokens, budget_batch).float()
             mean_reward = torch.stack([reward[g].mean() for g in groups])
             if not seeded:
                 baseline, seeded = mean_reward.clone(), True
@@ -236,8 +230,10 @@ def train_generator(generator: Generator, reward: Evaluator | RewardFn, cfg: Gen
                     "samples": [int(c) for c in drawn], "sampled_total": sampled_total,
                     "stage": "factorized" if generator.coarse else "joint",
                 }
-                if feasibility is not None:
-                    record["feasible"] = [feasibility(s.tokens[g], float(budgets[i])) for i, g in enumerate(groups)]
+                if cost is not None:
+                    costs = cost(s.tokens) if costs is None else costs
+                    record["feasible"] = [float((costs[g] <= float(budgets[i])).double().mean())
+                                          for i, g in enumerate(groups)]
                 history.append(record)
                 bar.set_postfix(reward=f"{float(mean_reward.mean()):.3f}", entropy=f"{float(entropy.mean()):.2f}")
                 if log_file:

@@ -4,7 +4,7 @@
 - TuNAS's absolute reward: ACC + β · |c / B − 1| (β < 0).
 
 ACC is the accuracy predictor's estimate as a fraction, c the device's predicted cost. PNAG's own
-reward is the evaluator's score (`nag.core.generator.evaluator_reward`).
+reward is the evaluator's score (`nag.core.generator.train_generator` with an `Evaluator`).
 """
 
 from __future__ import annotations
