@@ -52,12 +52,12 @@ profile-device: setup
 # Serves the committed default bundle at once; `make demo PROFILE=demo` first builds the small demo
 # bundle from scratch (supernet, device, triplets, evaluator, generator: a few minutes on 2 cores).
 demo: setup
-	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE)
+	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
 	$(PY) -m server.demo --bundle $(BUNDLE)
 
 # Every missing stage of the bundle, then the evaluator and generator of each device.
 train-generator: setup
-	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE)
+	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
 
 collect: setup
 	$(PY) -m training.collect_triplets --bundle $(BUNDLE)

@@ -38,10 +38,10 @@ from nag.config import MIDDLE_SAMPLERS, profile
 from nag.core.encoding import TokenEncoder
 from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
 from nag.core.inference import evaluator_score, pick_architecture
-from nag.core.triplets import supernet_accuracy, supernet_correct
 from nag.errors import NagError
 from nag.space import count_macs, sample_stratified
 from nag.space.arch import biggest, from_tokens, smallest
+from nag.supernet.evaluate import child_accuracy, child_correct
 from nag.supernet.io import load_supernet
 from training.train_supernet import Distributed, SupernetTrainer
 
@@ -115,7 +115,7 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
         trained = load_supernet(variants[sampler]["path"])
         calib = trained.calibration_float[: settings.calib_images]
         started = time.perf_counter()
-        val_acc = np.array([supernet_accuracy(trained.supernet, a, calib, val) for a in archs])
+        val_acc = np.array([child_accuracy(trained.supernet, a, calib, val) for a in archs])
         rows = []
         for i, b in enumerate(budgets):
             lower = budgets[i - 1] if i else -1.0
@@ -126,13 +126,13 @@ def run_attentive(settings: AttentiveSettings, runs: Path) -> tuple[dict[str, An
             row = {"budget": b}
             for name, arch in (("frontier", best), ("worst", worst)):
                 key = (sampler, f"{name}@{i}")
-                correct[key] = supernet_correct(trained.supernet, arch, calib, test)
+                correct[key] = child_correct(trained.supernet, arch, calib, test)
                 row[name] = {"arch_id": arch.arch_id, "mmacs": count_macs(arch, space) / 1e6,
                              "val_acc": float(val_acc[archs.index(arch)]), "test_acc": 100 * float(correct[key].mean())}
             rows.append(row)
         extremes = {}
         for name, arch in (("smallest", smallest(space)), ("biggest", biggest(space))):
-            correct[(sampler, name)] = supernet_correct(trained.supernet, arch, calib, test)
+            correct[(sampler, name)] = child_correct(trained.supernet, arch, calib, test)
             extremes[name] = 100 * float(correct[(sampler, name)].mean())
         last = variants[sampler]["last_epoch"]
         result["variants"][sampler] = {

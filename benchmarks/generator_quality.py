@@ -25,11 +25,12 @@ import torch
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from nag.bundle import load_bundle
 from nag.core.inference import generate
-from nag.core.triplets import read_triplets, supernet_accuracy
+from nag.core.triplets import read_triplets
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import device_dir
 from nag.data import DataSource, load_splits
 from nag.errors import NagError
+from nag.supernet.evaluate import child_accuracy
 
 
 def generation_time_ms(bundle: Any, device: str, budget: float, repeats: int) -> list[float]:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     cost = models.device.predict([t.arch(space) for t in triplets])
     accs = np.array([t.val_acc for t in triplets])
     for b, g, m, mp in zip(budgets, picks, measured, at_profile, strict=True):
-        acc = supernet_accuracy(bundle.trained.supernet, g.arch, calib, val)
+        acc = child_accuracy(bundle.trained.supernet, g.arch, calib, val)
         within = accs[cost <= b]
         best = float(within.max()) if len(within) else float("nan")
         rec = {"budget": b, "arch_id": g.arch.arch_id, "predicted": g.predicted_cost, "measured": m,

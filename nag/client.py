@@ -23,6 +23,7 @@ class GeneratedModel:
     device: str
     unit: str
     predicted_cost: float
+    target_budget: float
     predicted_accuracy: float
     macs: int
     params: int
@@ -61,7 +62,7 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
             raise SystemExit(f"error: {exc.code().name}: {exc.details()}") from None
     t = r.timings
     return GeneratedModel(r.onnx_model, r.onnx_sha256, r.architecture_json, r.architecture_id, r.device,
-                          r.cost_unit, r.predicted_cost, r.predicted_accuracy, r.macs, r.params,
+                          r.cost_unit, r.predicted_cost, r.target_budget, r.predicted_accuracy, r.macs, r.params,
                           {"sample": t.sample_ms, "choose": t.choose_ms, "slice": t.slice_ms,
                            "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached)
 
@@ -80,7 +81,7 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
     timings = {k: 1e3 * v for k, v in {**g.timings, **exported.timings}.items()}
     timings["total"] = 1e3 * (time.perf_counter() - started)
     return GeneratedModel(exported.onnx, exported.sha256, g.arch.to_json(), g.arch.arch_id, g.device, g.unit,
-                          g.predicted_cost, g.predicted_accuracy, g.macs, g.params, timings, False)
+                          g.predicted_cost, g.target, g.predicted_accuracy, g.macs, g.params, timings, False)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(model.onnx)
     print(f"architecture {model.arch_id}: {model.arch_json}")
-    print(f"device {model.device}: predicted cost {model.predicted_cost:.4g} {model.unit}, predicted accuracy "
+    print(f"device {model.device}: predicted cost {model.predicted_cost:.4g} {model.unit} (target "
+          f"{model.target_budget:.4g}: the budget less the latency margin), predicted accuracy "
           f"{model.predicted_accuracy:.2f}%, {model.macs / 1e6:.2f} MMACs, {model.params / 1e3:.1f}k params")
     print("timings (ms): " + json.dumps({k: round(v, 2) for k, v in model.timings_ms.items()})
           + (" (cached)" if model.cached else ""))

@@ -203,7 +203,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         return pb.GenerateForBudgetResponse(
             onnx_model=exported.onnx, onnx_sha256=exported.sha256, architecture=_architecture_message(g),
             architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=self.input_shape,
-            device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost,
+            device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost, target_budget=g.target,
             predicted_latency_ms=g.predicted_cost if g.unit == "ms" else 0.0,
             predicted_accuracy=g.predicted_accuracy, macs=g.macs, params=g.params,
             timings=pb.StageTimings(sample_ms=1e3 * gen_timings["sample"], choose_ms=1e3 * gen_timings["choose"],

@@ -6,6 +6,7 @@ import json
 import math
 import random
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,13 +16,14 @@ from hypothesis import strategies as st
 
 from nag.artifacts import load_artifact, save_artifact
 from nag.bundle import BundleError, load_bundle, load_evaluator, save_evaluator
+from nag.config import GENERATION
 from nag.core.budgets import BudgetEmbedding, even_budgets
 from nag.core.dominance import dominance, dominance_tensor
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
 from nag.core.generator import Generator, GeneratorConfig, TokenCost, train_generator
-from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate
-from nag.cost.device import DeviceError
+from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
+from nag.cost.device import DeviceError, packaged_profile
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
 
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
@@ -152,7 +154,18 @@ def test_generate_is_feasible_seeded_and_validated(tiny_bundle: Path) -> None:
     lo, hi = models.device.cost_range
     budget = lo + 0.5 * (hi - lo)
     g = generate(bundle, budget, "flops", candidates=32, seed=7)
+    assert g.target == budget  # analytic costs get no latency margin
     assert g.predicted_cost <= budget and g.macs / 1e6 == pytest.approx(g.predicted_cost)
+    kept = generate(bundle, budget, "flops", candidates=32, seed=7, margin=0.25)
+    assert kept.target == pytest.approx(0.75 * budget) and kept.predicted_cost <= 0.75 * budget
+    # The margin never pushes the target below the cheapest child, which stays feasible.
+    cheapest = models.min_cost
+    assert generate(bundle, cheapest * 1.01, "flops", candidates=8, seed=1, margin=0.5).target == cheapest
+    with pytest.raises(InvalidBudgetError):
+        generate(bundle, budget, "flops", margin=1.0)
+    # A device whose costs are measured latencies keeps the configured margin by default.
+    measured = replace(models, device=replace(models.device, profile=packaged_profile("cpu")))
+    assert target_budget(budget, measured) == pytest.approx(budget * (1 - GENERATION.latency_margin))
     assert generate(bundle, budget, "flops", candidates=32, seed=7).arch == g.arch
     assert 0 <= g.predicted_accuracy <= 100 and g.timings["sample"] > 0
     for bad in (math.nan, math.inf, -math.inf, 0.0, -1.0):

@@ -82,3 +82,20 @@ def test_training_does_not_touch_running_statistics(space) -> None:
 def test_supernet_runs_channels_last(space) -> None:
     net = Supernet(space)
     assert net.stem.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_child_correct_in_onnx_runtime_matches_the_calibrated_supernet(space, perturbed_supernet: Supernet,
+                                                                        splits) -> None:
+    from nag.supernet.evaluate import child_accuracy, child_correct
+
+    calib = splits.train.as_float(slice(0, 250))
+    data = splits.val.subset(torch.arange(300))
+    for arch in [biggest(space), smallest(space), sample_uniform(space, random.Random(5))]:
+        perturbed_supernet.calibrate(arch, calib)
+        perturbed_supernet.eval()
+        with torch.no_grad():
+            expected = (perturbed_supernet(data.as_float(), arch).argmax(1) == data.labels).numpy()
+        got = child_correct(perturbed_supernet, arch, calib, data, batch_size=128)
+        assert got.shape == (300,) and got.dtype == bool
+        assert (got == expected).mean() >= 0.99, arch.to_json()
+        assert child_accuracy(perturbed_supernet, arch, calib, data, 128) == 100.0 * got.sum() / 300

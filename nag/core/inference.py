@@ -3,7 +3,9 @@
 The budget's embedding is interpolated between its two neighbouring learned budgets, `candidates`
 architectures are sampled in one batch, their cost comes from the device's predictor, infeasible
 ones are dropped (a bounded number of resampling rounds if none is feasible; then the space's
-cheapest child, which the caller is told about), and the evaluator's score picks the best.
+cheapest child, which the caller is told about), and the evaluator's score picks the best. On a device
+whose costs are measured latencies the pick targets the budget less a margin for the predictor's error
+(`GenerationConfig.latency_margin`), never less than the cheapest child.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import torch
 
 from nag.bundle.bundle import Bundle, DeviceModels
+from nag.config import GENERATION
 from nag.core.evaluator import Evaluator
 from nag.core.generator import Generator
 from nag.cost.device import DeviceError
@@ -47,6 +50,7 @@ class Generated:
     device: str
     unit: str
     budget: float
+    target: float  # the budget the pick was generated for: `budget` less the latency margin
     predicted_cost: float
     predicted_accuracy: float
     score: float
@@ -137,22 +141,34 @@ def evaluator_score(generator: Generator, evaluator: Evaluator) -> ScoreFn:
     return score
 
 
+def target_budget(budget: float, models: DeviceModels, margin: float | None = None) -> float:
+    """`budget` less the latency margin (`GENERATION.latency_margin` for measured devices, none for
+    analytic costs, unless `margin` is given), but never below the cheapest child's cost."""
+    if margin is None:
+        margin = 0.0 if models.device.profile.kind == "flops" else GENERATION.latency_margin
+    if not 0.0 <= margin < 1.0:
+        raise InvalidBudgetError(f"margin must lie in [0, 1), got {margin!r}")
+    return max(budget * (1.0 - margin), models.min_cost)
+
+
 @torch.no_grad()
 def generate(bundle: Bundle, budget: float, device: str | None = None, candidates: int = 64,
-             seed: int | None = None, max_rounds: int = 4) -> Generated:
-    """The best feasible architecture the device's generator proposes for `budget` (in the device's unit)."""
+             seed: int | None = None, max_rounds: int = 4, margin: float | None = None) -> Generated:
+    """The best feasible architecture the device's generator proposes for `budget` (in the device's unit),
+    generated for `target_budget(budget, ..., margin)`."""
     models = resolve_device(bundle, device)
     check_budget(budget, models, candidates)
+    target = target_budget(budget, models, margin)
     seed = secrets.randbits(31) if seed is None else int(seed)
     rng = torch.Generator().manual_seed(seed)
     space = bundle.space
     pick = pick_architecture(models.generator, models.device, evaluator_score(models.generator, models.evaluator),
-                             budget, candidates, rng, max_rounds)
+                             target, candidates, rng, max_rounds)
     arch = from_tokens(pick.tokens, space)
     encoding = models.generator.encoder.encode(torch.tensor([pick.tokens], dtype=torch.long))
     accuracy = float(np.clip(bundle.accuracy.predict(encoding)[0], 0.0, 100.0))
     return Generated(
-        arch=arch, device=models.name, unit=models.device.unit, budget=float(budget),
+        arch=arch, device=models.name, unit=models.device.unit, budget=float(budget), target=target,
         predicted_cost=pick.cost, predicted_accuracy=accuracy, score=pick.score,
         macs=count_macs(arch, space), params=count_params(arch, space), candidates=pick.candidates,
         feasible_candidates=pick.feasible, rounds=pick.rounds, fallback=pick.fallback, seed=seed,

@@ -1,8 +1,8 @@
 """(architecture, cost, accuracy) triplets measured with the trained supernet.
 
 Accuracy is measured on the **validation split** (never the test set) after BN re-calibration, with
-the supernet's weights sliced on the fly (no static copy). Each architecture also gets the predicted
-cost of every device and, when it was measured while profiling, the measured latency.
+each child sliced out of the supernet and run in ONNX Runtime, as it is served. Each architecture also
+gets the predicted cost of every device and, when it was measured while profiling, the measured latency.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -27,6 +26,7 @@ from nag.space.arch import Architecture
 from nag.space.plan import count_macs, count_params
 from nag.space.sampling import sample_stratified
 from nag.space.space import SearchSpace
+from nag.supernet.evaluate import child_accuracy
 from nag.supernet.model import Supernet
 
 log = logging.getLogger(__name__)
@@ -76,27 +76,6 @@ def write_triplets(path: str | Path, triplets: Sequence[Triplet]) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
-@torch.no_grad()
-def supernet_correct(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
-                     calib_batch: int = 250, eval_batch: int = 1000) -> np.ndarray:
-    """Per image of `data`, whether `arch` in the supernet classifies it right after re-calibrating its BN on
-    `calibration` (per-image outcomes let benchmarks pair two models on the same images)."""
-    supernet.calibrate(arch, calibration, calib_batch)
-    supernet.eval()
-    out = [np.zeros(0, dtype=bool)]
-    for start in range(0, len(data), eval_batch):
-        index = slice(start, start + eval_batch)
-        out.append((supernet(data.as_float(index), arch).argmax(1) == data.labels[index]).numpy())
-    return np.concatenate(out)
-
-
-def supernet_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
-                      calib_batch: int = 250, eval_batch: int = 1000) -> float:
-    """Validation accuracy (%) of `arch` in the supernet after re-calibrating its BN on `calibration`."""
-    correct = supernet_correct(supernet, arch, calibration, data, calib_batch, eval_batch)
-    return 100.0 * int(correct.sum()) / max(1, len(data))
-
-
 def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Tensor, val: ImageSet,
                      devices: Sequence[Device], measured: dict[str, dict[str, float]], *, num_archs: int,
                      seed: int = 0, save_every: int = 25, progress: bool = True) -> list[Triplet]:
@@ -112,7 +91,7 @@ def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Te
     bar = tqdm(total=len(archs), initial=len(archs) - len(todo), desc="collecting triplets", unit="arch",
                disable=not progress)
     for i, arch in enumerate(todo):
-        acc = supernet_accuracy(supernet, arch, calibration, val)
+        acc = child_accuracy(supernet, arch, calibration, val)
         cost = {d.name: float(d.predict([arch])[0]) for d in devices}
         meas = {name: table[arch.arch_id] for name, table in measured.items() if arch.arch_id in table}
         pending.append(Triplet(arch.to_json(), arch.arch_id, count_macs(arch, space), count_params(arch, space),

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from nag.core.encoding import TokenEncoder
-from nag.core.triplets import supernet_accuracy
 from nag.data.datasets import ImageSet
 from nag.space.arch import Architecture
+from nag.supernet.evaluate import child_accuracy
 from nag.supernet.model import Supernet
 
 
@@ -73,7 +73,7 @@ class SupernetFitness(Fitness):
         for arch in archs:
             if arch.arch_id not in self.cache.entries:
                 started = time.perf_counter()
-                acc = supernet_accuracy(self.supernet, arch, self.calibration, self.val)
+                acc = child_accuracy(self.supernet, arch, self.calibration, self.val)
                 self.cache.entries[arch.arch_id] = (acc, time.perf_counter() - started)
             acc, seconds = self.cache.entries[arch.arch_id]
             self._cost[arch.arch_id] = seconds
