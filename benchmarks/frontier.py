@@ -14,6 +14,7 @@ a supernet evaluation that another search already ran is charged at what it cost
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import statistics
@@ -447,6 +448,59 @@ def paired_table(data: dict[str, Any], reference: str = "nag") -> str:
     return markdown_table(["budget"] + [f"{reference} − {m}" for m in methods], rows)
 
 
+def at_profile_speed(result: dict[str, Any]) -> dict[str, Any] | None:
+    """Feasibility with each measured latency divided by the machine's median speed against the profile.
+
+    The latency predictor predicts the machine as it was when the profile was measured; when the
+    profile's own architectures, measured in the same pass as the picks, run slower now, that factor is
+    the machine's, not any method's. Both judgements are reported.
+    """
+    anchors = result.get("measured_over_profiled_anchors") or {}
+    if not anchors:
+        return None
+    speed = float(np.median(list(anchors.values())))
+    data = result["comparison"]
+    out: dict[str, Any] = {"speed": speed, "methods": {}}
+    for m in data["methods"]:
+        infeasible = [row["budget"] for row in data["per_budget"]
+                      if not all(x is not None and x / speed <= NOISE_ALLOWANCE * row["budget"]
+                                 for x in row[m]["measured"])]
+        out["methods"][m] = {"feasible_share": 1 - len(infeasible) / len(data["per_budget"]),
+                             "infeasible_budgets": infeasible}
+    goal = result.get("goal_vs_evolution")
+    if goal is not None:
+        out["goal_met_everywhere"] = not out["methods"]["nag"]["infeasible_budgets"] and all(
+            row["gap"] >= -GOAL_MARGIN for row in goal["per_budget"])
+    return out
+
+
+def at_profile_speed_markdown(data: dict[str, Any]) -> str:
+    rows = [[m, f"{v['feasible_share']:.0%}", ", ".join(f"{b:.4g}" for b in v["infeasible_budgets"]) or "none"]
+            for m, v in data["methods"].items()]
+    md = ("## Feasibility at the profile's speed\n\nMeasured latency divided by the machine's median speed "
+          f"against the profile ({data['speed']:.3f}), then ≤ B×{NOISE_ALLOWANCE}:\n\n"
+          + markdown_table(["method", "feasible", "infeasible budgets"], rows))
+    if "goal_met_everywhere" in data:
+        md += f"\n**Goal at the profile's speed**: {'met' if data['goal_met_everywhere'] else 'missed'}.\n"
+    return md + "\n"
+
+
+def rejudge(path: Path) -> int:
+    """Add the at-profile-speed judgement to a saved result (`--rejudge`) without re-running its methods."""
+    result = json.loads(path.read_text())
+    data = at_profile_speed(result)
+    if data is None:
+        print(f"error: {path} has no measured latencies against the profile", file=sys.stderr)
+        return 2
+    result["at_profile_speed"] = data
+    md_path = path.with_suffix(".md")
+    md = md_path.read_text() if md_path.is_file() else ""
+    md = md.split("## Feasibility at the profile's speed")[0].rstrip("\n") + "\n\n" + at_profile_speed_markdown(data)
+    write_results(path.stem, result, md, path.parent)
+    print(at_profile_speed_markdown(data))
+    return 0
+
+
 def goal_check(data: dict[str, Any], baseline: str = "evolution") -> dict[str, Any]:
     """NAG feasible at every budget, and its accuracy ≥ the baseline's − 0.3 points at every budget."""
     rows = []
@@ -510,8 +564,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ablations", action="store_true", help="skip PNAG's Tables 2, 3 and 5")
     p.add_argument("--name", default="frontier", help="results file name (without suffix)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results/)")
+    p.add_argument("--rejudge", type=Path, metavar="JSON",
+                   help="only add the at-profile-speed feasibility to a saved result and rewrite its files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.rejudge:
+        if not args.rejudge.is_file():
+            print(f"error: {args.rejudge} does not exist", file=sys.stderr)
+            return 2
+        return rejudge(args.rejudge)
     settings = QUICK if args.quick else Settings()
     overrides = {"budgets": args.budgets, "random_evaluations": args.random_evaluations,
                  "evolution_evaluations": args.evolution_evaluations, "search_seeds": args.search_seeds}
@@ -579,6 +640,9 @@ def main(argv: list[str] | None = None) -> int:
                               "measured_over_profiled_anchors": speed}
     if "evolution" in methods:
         result["goal_vs_evolution"] = goal_check(main_data)
+    profile_speed = at_profile_speed(result)
+    if profile_speed is not None:
+        result["at_profile_speed"] = profile_speed
     md = _markdown_header(bundle, args.device, settings, len(test), len(val), budgets)
     margin = 1.0 - ctx.target(budgets[-1]) / budgets[-1]
     md += "## NAG against per-budget searches\n\nTest accuracy % (measured latency); ✗ = infeasible.\n\n"
@@ -595,6 +659,8 @@ def main(argv: list[str] | None = None) -> int:
         md += (f"**Goal** (feasible everywhere and ≥ evolution − {GOAL_MARGIN} points at every budget, evolution with "
                f"{settings.evolution_evaluations} supernet evaluations): {'met' if g['met_everywhere'] else 'missed'}; "
                f"worst gap {g['worst_gap']:+.2f} points; infeasible budgets: {g['infeasible_budgets'] or 'none'}.\n\n")
+    if profile_speed is not None:
+        md += at_profile_speed_markdown(profile_speed) + "\n"
     if ablation_runs:
         nag_at = [r for r in runs if r.method == "nag" and r.seed == 0 and r.budget in ablation_budgets]
         indep_at = [r for r in runs if r.method == "independent" and r.seed == 0 and r.budget in ablation_budgets]

@@ -236,3 +236,31 @@ def test_frontier_benchmark_writes_its_tables(tiny_bundle: Path, tmp_path: Path)
     assert set(data["table5_k"]["methods"]) == {"K=2", "K=5"}
     assert data["table4_seconds_per_budget"]["nag"] > 0 and "met_everywhere" in data["goal_vs_evolution"]
     assert frontier.main(["--bundle", str(tmp_path / "missing"), "--quick"]) == 2
+
+
+def test_feasibility_at_the_profile_speed_divides_out_a_slow_machine(tmp_path: Path) -> None:
+    from benchmarks import frontier
+
+    result = {"measured_over_profiled_anchors": {"a": 1.1, "b": 1.2, "c": 1.3},
+              "comparison": {"methods": ["nag", "evolution"], "per_budget": [
+                  {"budget": 1.0, "nag": {"measured": [1.25, 1.1]}, "evolution": {"measured": [1.4]}},
+                  {"budget": 2.0, "nag": {"measured": [2.0]}, "evolution": {"measured": [None]}}]},
+              "goal_vs_evolution": {"per_budget": [{"gap": -0.1}, {"gap": 0.4}]}}
+    data = frontier.at_profile_speed(result)
+    assert data is not None and data["speed"] == pytest.approx(1.2)
+    assert data["methods"]["nag"] == {"feasible_share": 1.0, "infeasible_budgets": []}  # 1.25 / 1.2 <= 1.05
+    assert data["methods"]["evolution"]["infeasible_budgets"] == [1.0, 2.0]  # 1.4 / 1.2 > 1.05; unmeasured
+    assert data["goal_met_everywhere"] is True
+    result["goal_vs_evolution"]["per_budget"][0]["gap"] = -0.5
+    assert frontier.at_profile_speed(result)["goal_met_everywhere"] is False
+    assert frontier.at_profile_speed({**result, "measured_over_profiled_anchors": {}}) is None
+
+    saved = tmp_path / "frontier_goal_cpu.json"
+    saved.write_text(json.dumps(result))
+    (tmp_path / "frontier_goal_cpu.md").write_text("# header\n")
+    assert frontier.main(["--rejudge", str(saved)]) == 0
+    assert frontier.main(["--rejudge", str(saved)]) == 0  # idempotent: the section is replaced, not repeated
+    assert json.loads(saved.read_text())["at_profile_speed"]["speed"] == pytest.approx(1.2)
+    md = (tmp_path / "frontier_goal_cpu.md").read_text()
+    assert md.startswith("# header") and md.count("## Feasibility at the profile's speed") == 1
+    assert frontier.main(["--rejudge", str(tmp_path / "missing.json")]) == 2
