@@ -38,7 +38,7 @@ from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
 from nag.core.generator import Generator, GeneratorConfig, RewardFn, token_cost, train_generator
-from nag.core.inference import ScoreFn, evaluator_score, generate, pick_architecture, target_budget
+from nag.core.inference import ScoreFn, evaluator_score, generate, latency_margin, pick_architecture, target_budget
 from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.core.rewards import REWARDS, PredictedObjectives
 from nag.core.triplets import read_triplets
@@ -644,14 +644,14 @@ def main(argv: list[str] | None = None) -> int:
     if profile_speed is not None:
         result["at_profile_speed"] = profile_speed
     md = _markdown_header(bundle, args.device, settings, len(test), len(val), budgets)
-    margin = 1.0 - ctx.target(budgets[-1]) / budgets[-1]
     md += "## NAG against per-budget searches\n\nTest accuracy % (measured latency); ✗ = infeasible.\n\n"
     md += accuracy_table(main_data, unit) + "\n" + summary_table(main_data) + "\n"
     if speed:
         md += ("Machine speed now against the device profile (measured / profiled latency of the profile's "
                f"architectures measured alongside): median {float(np.median(list(speed.values()))):.3f}, range "
                f"{min(speed.values()):.2f}-{max(speed.values()):.2f}. Every method picks under the same latency "
-               f"predictor, fitted on the profile's measurements, for the budget less a {margin:.0%} margin.\n\n")
+               f"predictor, fitted on the profile's measurements, for the budget less a "
+               f"{latency_margin(models):.0%} margin.\n\n")
     md += "Paired on the same test images, 95% bootstrap interval (seeds averaged per image):\n\n"
     md += paired_table(main_data) + "\n"
     if "goal_vs_evolution" in result:

@@ -34,14 +34,11 @@ def _resolve_arch(spec: str, space: SearchSpace, seed: int) -> Architecture:
 
 
 def _cmd_export_child(args: argparse.Namespace) -> int:
-    import onnxruntime as ort
-    import torch
-
     from nag.data import DataSource, load_test_set
-    from nag.export import INPUT_NAME, export_onnx
+    from nag.export import export_onnx
     from nag.space import count_macs, count_params
     from nag.supernet import child
-    from nag.supernet.evaluate import accuracy
+    from nag.supernet.evaluate import onnx_predictions
     from nag.supernet.io import load_supernet
 
     trained = load_supernet(args.supernet)
@@ -63,8 +60,7 @@ def _cmd_export_child(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({len(data) / 1e3:.0f} kB)")
     if args.verify:
         test_set = load_test_set(DataSource(), space.input.size, space.input.channels)
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        acc = accuracy(lambda x: torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0]), test_set)
+        acc = 100.0 * float((onnx_predictions(data, test_set) == test_set.labels.numpy()).mean())
         print(f"ONNX Runtime test accuracy: {acc:.2f}% on {len(test_set)} images")
     return 0
 

@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", default="default")
     p.add_argument("--bundle", help="bundle directory (default: bundles/<profile>)")
     p.add_argument("--retrain", action="store_true", help="retrain evaluators and generators even if present")
-    p.add_argument("--run-dir", help="where the supernet trains and checkpoints (default: runs/<profile>)")
+    p.add_argument("--run-dir", type=Path, help="where the supernet trains and checkpoints (default: runs/<profile>)")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Path(args.bundle or f"bundles/{args.profile}")
     started = time.perf_counter()
     try:
-        manifest = build(bundle, pipeline(args.profile), args.retrain, Path(args.run_dir) if args.run_dir else None)
+        manifest = build(bundle, pipeline(args.profile), args.retrain, args.run_dir)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

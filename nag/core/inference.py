@@ -141,11 +141,16 @@ def evaluator_score(generator: Generator, evaluator: Evaluator) -> ScoreFn:
     return score
 
 
+def latency_margin(models: DeviceModels) -> float:
+    """The device's default margin: `GENERATION.latency_margin` for measured latencies, none for analytic costs."""
+    return 0.0 if models.device.profile.kind == "flops" else GENERATION.latency_margin
+
+
 def target_budget(budget: float, models: DeviceModels, margin: float | None = None) -> float:
-    """`budget` less the latency margin (`GENERATION.latency_margin` for measured devices, none for
-    analytic costs, unless `margin` is given), but never below the cheapest child's cost."""
+    """`budget` less the latency margin (the device's default unless `margin` is given), but never below
+    the cheapest child's cost."""
     if margin is None:
-        margin = 0.0 if models.device.profile.kind == "flops" else GENERATION.latency_margin
+        margin = latency_margin(models)
     if not 0.0 <= margin < 1.0:
         raise InvalidBudgetError(f"margin must lie in [0, 1), got {margin!r}")
     return max(budget * (1.0 - margin), models.min_cost)

@@ -8,8 +8,6 @@ the search baselines spend their time on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 
@@ -17,30 +15,18 @@ from nag.data.datasets import ImageSet
 from nag.export import INPUT_NAME, build_onnx
 from nag.space.arch import Architecture
 from nag.supernet.model import Supernet
-from nag.supernet.static import StaticChild, child
+from nag.supernet.static import child
 
 
-@torch.no_grad()
-def accuracy(model: Callable[[torch.Tensor], torch.Tensor], data: ImageSet, batch_size: int = 1000) -> float:
-    """Top-1 accuracy in percent of `model` (native images in [0, 1] -> logits) on `data`."""
-    correct = 0
-    for start in range(0, len(data), batch_size):
-        index = slice(start, start + batch_size)
-        logits = model(data.as_float(index))
-        correct += int((logits.argmax(1) == data.labels[index]).sum())
-    return 100.0 * correct / max(1, len(data))
-
-
-def onnx_predictions(static: StaticChild, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
-    """Predicted class of every image of `data` by `static`'s ONNX model in ONNX Runtime (as many
+def onnx_predictions(model: bytes, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
+    """Predicted class of every image of `data` by the serialised ONNX `model` in ONNX Runtime (as many
     threads as PyTorch uses)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(build_onnx(static).SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     out = [np.zeros(0, dtype=np.int64)]
     for start in range(0, len(data), batch_size):
         images = data.as_float(slice(start, start + batch_size)).numpy()
@@ -53,7 +39,7 @@ def child_correct(supernet: Supernet, arch: Architecture, calibration: torch.Ten
     """Per image of `data`, whether child `arch` (sliced, BN re-calibrated on `calibration`) classifies it
     right; per-image outcomes let benchmarks pair two models on the same images."""
     static = child(supernet, arch, calibration, calib_batch)
-    return onnx_predictions(static, data, batch_size) == data.labels.numpy()
+    return onnx_predictions(build_onnx(static).SerializeToString(), data, batch_size) == data.labels.numpy()
 
 
 def child_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
