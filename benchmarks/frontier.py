@@ -487,8 +487,13 @@ def at_profile_speed_markdown(data: dict[str, Any]) -> str:
 
 def rejudge(path: Path) -> int:
     """Add the at-profile-speed judgement to a saved result (`--rejudge`) without re-running its methods."""
-    result = json.loads(path.read_text())
-    data = at_profile_speed(result)
+    try:
+        result = json.loads(path.read_text())
+        data = at_profile_speed(result)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        print(f"error: {path} is not a frontier benchmark result (JSON written by benchmarks.frontier)",
+              file=sys.stderr)
+        return 2
     if data is None:
         print(f"error: {path} has no measured latencies against the profile", file=sys.stderr)
         return 2

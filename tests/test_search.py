@@ -264,3 +264,6 @@ def test_feasibility_at_the_profile_speed_divides_out_a_slow_machine(tmp_path: P
     md = (tmp_path / "frontier_goal_cpu.md").read_text()
     assert md.startswith("# header") and md.count("## Feasibility at the profile's speed") == 1
     assert frontier.main(["--rejudge", str(tmp_path / "missing.json")]) == 2
+    for bad in ("{not json", json.dumps({"measured_over_profiled_anchors": {"a": 1.0}})):
+        (tmp_path / "bad.json").write_text(bad)
+        assert frontier.main(["--rejudge", str(tmp_path / "bad.json")]) == 2
