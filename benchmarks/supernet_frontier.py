@@ -1,5 +1,10 @@
 """Accuracy vs MACs of random children sliced from a trained supernet (BN-calibrated, test set).
 
+Besides 50 random children it scores the smallest and the biggest child with one dimension (resolution,
+widths, depths, kernels or expansions) taken from the other end of the space: whether a child one
+choice away from the smallest beats it shows how far the children trained at every step are ahead of
+their neighbours.
+
     python -m benchmarks.supernet_frontier --supernet bundles/default/supernet.pt --children 50
 """
 
@@ -15,9 +20,29 @@ from tqdm import tqdm
 from benchmarks.results_io import RESULTS, machine, markdown_table, spearman, write_results
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
-from nag.space import biggest, count_macs, count_params, sample_uniform, smallest
+from nag.space import Architecture, SearchSpace, StageArch, biggest, count_macs, count_params, sample_uniform, smallest
 from nag.supernet.evaluate import child_accuracy
 from nag.supernet.io import load_supernet
+
+DIMENSIONS = ("resolution", "width", "depth", "kernel", "expansion")
+
+
+def with_dimension_of(base: Architecture, other: Architecture, dimension: str, space: SearchSpace) -> Architecture:
+    """`base` with one dimension copied from `other`; both have one kernel and expansion per stage (the
+    smallest and the biggest child), so layers added by a deeper copy repeat `base`'s choice."""
+    def pick(mine: int, theirs: int, dim: str) -> int:
+        return theirs if dim == dimension else mine
+
+    stages = []
+    for mine, theirs in zip(base.stages, other.stages, strict=True):
+        depth = pick(mine.depth, theirs.depth, "depth")
+        kernel = pick(mine.kernels[0], theirs.kernels[0], "kernel")
+        expansion = pick(mine.expansions[0], theirs.expansions[0], "expansion")
+        stages.append(StageArch(depth, pick(mine.width, theirs.width, "width"), (kernel,) * depth,
+                                (expansion,) * depth))
+    arch = Architecture(pick(base.resolution, other.resolution, "resolution"),
+                        pick(base.stem_width, other.stem_width, "width"), tuple(stages))
+    return Architecture.from_dict(arch.to_dict(), space)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     archs = [("smallest", smallest(space)), ("biggest", biggest(space))]
     archs += [(f"random{i}", sample_uniform(space, rng)) for i in range(args.children)]
+    low, high = smallest(space), biggest(space)
+    for dim in DIMENSIONS:
+        archs.append((f"smallest with the biggest's {dim}", with_dimension_of(low, high, dim, space)))
+        archs.append((f"biggest with the smallest's {dim}", with_dimension_of(high, low, dim, space)))
     rows = []
     started = time.perf_counter()
     for name, arch in tqdm(archs, desc="children"):
@@ -46,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                      "kparams": round(count_params(arch, space) / 1e3, 1), "test_acc": round(acc, 2),
                      "arch": arch.to_dict()})
     random_rows = [r for r in rows if r["name"].startswith("random")]
+    neighbour_rows = [r for r in rows if " with the " in r["name"]]
     rho = spearman([r["mmacs"] for r in random_rows], [r["test_acc"] for r in random_rows])
     big, small = rows[1]["test_acc"], rows[0]["test_acc"]
     summary = {
@@ -53,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "biggest_acc": big, "smallest_acc": small, "spread_points": round(big - small, 2),
         "spearman_acc_vs_macs": round(rho, 3),
         "below_smallest": sum(r["test_acc"] < small for r in random_rows),
+        "smallest_neighbours_below_smallest": sum(r["test_acc"] < small for r in neighbour_rows
+                                                  if r["name"].startswith("smallest")),
         "seconds": round(time.perf_counter() - started, 1), "machine": machine(),
     }
     md = (f"# Supernet children: accuracy vs MACs\n\nSupernet `{args.supernet}`; test set (10k), BN calibrated "
@@ -61,7 +93,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{summary['spearman_acc_vs_macs']}; random children below the smallest: {summary['below_smallest']}.\n\n")
     md += markdown_table(["child", "id", "resolution", "MMACs", "kparams", "test acc %"],
                          [[r["name"], r["arch_id"], r["resolution"], r["mmacs"], r["kparams"], r["test_acc"]]
-                          for r in sorted(rows, key=lambda r: r["mmacs"])])
+                          for r in sorted(rows, key=lambda r: r["mmacs"]) if r not in neighbour_rows])
+    md += ("\n\n## One dimension from the other end of the space\n\nThe smallest child with one dimension of the "
+           "biggest, and the other way round; the difference is to the unchanged child.\n\n")
+    md += markdown_table(["child", "MMACs", "test acc %", "difference"],
+                         [[r["name"], r["mmacs"], r["test_acc"],
+                           round(r["test_acc"] - (small if r["name"].startswith("smallest") else big), 2)]
+                          for r in neighbour_rows])
     write_results(args.name, {"summary": summary, "children": rows}, md)
     _plot(rows, RESULTS / f"{args.name}.png", summary)
     print(md.split("\n\n")[2])

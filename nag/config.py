@@ -28,6 +28,10 @@ class SupernetTrainConfig:
     warmup_steps: int = 300
     lr_floor: float = 0.05  # the LR stays constant once it has decayed to this fraction of `lr`
     decay_fraction: float = 0.75  # share of the post-warm-up steps over which the LR decays to the floor
+    # Stochastic weight averaging over the constant ending: ship the equal average of the weights after
+    # every step at the LR floor (BN statistics are re-calibrated per child anyway). Off: on the default
+    # run it moved the biggest child +0.19 and 50 random children -0.08 points on average (ties).
+    average_at_floor: bool = False
     weight_decay: float = 4e-5  # applied to the biggest child only
     label_smoothing: float = 0.1  # for the biggest child, the only one that sees labels
     num_middle_children: int = 2

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from nag.artifacts import load_artifact
 from nag.config import profile
 from nag.supernet.io import load_supernet
 from training.train_supernet import Distributed, SupernetTrainer
@@ -25,26 +26,54 @@ def _run_cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]
                           text=True, timeout=timeout, cwd=REPO)
 
 
-def test_resume_continues_bit_for_bit(tmp_path: Path) -> None:
-    cfg = profile("tiny")
+@pytest.mark.parametrize("checkpoint_at", [3, 5])  # before and after the weight average has begun (step 4)
+def test_resume_continues_bit_for_bit(tmp_path: Path, checkpoint_at: int) -> None:
+    cfg = profile("tiny").with_overrides(decay_fraction=0.25, average_at_floor=True)
     straight = SupernetTrainer(cfg, tmp_path / "a", Distributed())
-    for _ in range(6):
+    assert straight.average_from == 4
+    for _ in range(7):
         straight.train_step()
 
     first = SupernetTrainer(cfg, tmp_path / "b", Distributed())
-    for _ in range(3):
+    for _ in range(checkpoint_at):
         first.train_step()
     first.out.mkdir(parents=True)
     first.save_checkpoint()
     resumed = SupernetTrainer(cfg, tmp_path / "b", Distributed())
     resumed.load_checkpoint()
-    assert resumed.step == 3
-    for _ in range(3):
+    assert resumed.step == checkpoint_at
+    for _ in range(7 - checkpoint_at):
         resumed.train_step()
 
-    expected, got = straight.supernet.state_dict(), resumed.supernet.state_dict()
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    for a, b in [(straight.supernet, resumed.supernet), (straight.shipped, resumed.shipped)]:
+        expected, got = a.state_dict(), b.state_dict()
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
+    assert straight.averaged is not None and resumed.averaged is not None
+    assert int(straight.averaged.n_averaged) == int(resumed.averaged.n_averaged) == 3
     assert straight.optimizer.param_groups[0]["lr"] == resumed.optimizer.param_groups[0]["lr"]
+
+
+def test_shipped_weights_average_the_steps_at_the_lr_floor(tmp_path: Path) -> None:
+    cfg = profile("tiny").with_overrides(decay_fraction=0.25, average_at_floor=True)
+    trainer = SupernetTrainer(cfg, tmp_path, Distributed())
+    at_floor = []
+    for _ in range(trainer.total_steps):
+        step = trainer.step
+        trainer.train_step()
+        if step >= trainer.average_from:
+            at_floor.append({k: v.clone() for k, v in trainer.supernet.named_parameters()})
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(cfg.lr * cfg.lr_floor)
+    assert len(at_floor) == trainer.total_steps - 4
+    shipped = dict(trainer.shipped.named_parameters())
+    for name in shipped:
+        mean = torch.stack([snapshot[name] for snapshot in at_floor]).mean(0)
+        torch.testing.assert_close(shipped[name], mean, rtol=0, atol=1e-6)
+    assert any(not torch.equal(shipped[n], p) for n, p in trainer.supernet.named_parameters())
+    # Without averaging the last step's weights are shipped.
+    plain = SupernetTrainer(cfg.with_overrides(average_at_floor=False), tmp_path / "plain", Distributed())
+    for _ in range(plain.total_steps):
+        plain.train_step()
+    assert plain.averaged is None and plain.shipped is plain.supernet
 
 
 def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
@@ -122,6 +151,19 @@ def test_config_errors_are_clear() -> None:
     with pytest.raises(NagError, match="unknown training config fields"):
         SupernetTrainConfig.from_dict({"epochz": 3})
     assert SupernetTrainConfig.from_dict(profile("demo").to_dict()) == profile("demo")
+
+
+def test_cli_average_at_floor_ships_the_average_and_logs_both(tmp_path: Path) -> None:
+    from training.train_supernet import build_config, main, parse_args
+
+    assert build_config(parse_args(["--profile", "tiny"])).average_at_floor is False
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--average-at-floor"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["averaged_steps"] == 2  # 8 steps, 2 of warm-up, the floor from step 6
+    assert {"test_acc_biggest", "test_acc_biggest_last_step", "test_acc_smallest_last_step"} <= set(summary)
+    shipped = load_supernet(tmp_path / "supernet.pt").supernet.state_dict()
+    last_step = load_artifact(tmp_path / "checkpoint.pt")["model"]
+    assert not torch.equal(shipped["classifier.weight"], last_step["classifier.weight"])
 
 
 def test_standalone_mode_trains_and_reports_one_child(tmp_path: Path) -> None:

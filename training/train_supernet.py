@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from nag.artifacts import load_artifact, save_artifact
@@ -39,7 +40,7 @@ from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler
 from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_middle
-from nag.train.schedule import lr_at
+from nag.train.schedule import floor_start, lr_at
 
 log = logging.getLogger("nag.train")
 CHECKPOINT_FORMAT = 1
@@ -109,6 +110,10 @@ class SupernetTrainer:
             raise NagError(f"{len(self.train)} training images are fewer than one global batch")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.step = 0
+        # Steps from this one on run at the LR floor and are averaged into the shipped weights.
+        self.average_from = (floor_start(self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
+                             if cfg.average_at_floor else None)
+        self.averaged: AveragedModel | None = None
         self.sampler = uniform_middle
         self.attentive: AttentiveSampler | None = None
         if cfg.middle_sampler.startswith("attentive-"):
@@ -138,6 +143,7 @@ class SupernetTrainer:
                 "step": self.step,
                 "model": self.supernet.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "averaged": None if self.averaged is None else self.averaged.state_dict(),
             },
         )
         log.info("checkpoint written at step %d to %s", self.step, self.checkpoint_path)
@@ -154,6 +160,9 @@ class SupernetTrainer:
             )
         self.supernet.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        if payload.get("averaged") is not None:
+            self.averaged = AveragedModel(self.supernet)
+            self.averaged.load_state_dict(payload["averaged"])
         self.step = int(payload["step"])
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
 
@@ -193,8 +202,17 @@ class SupernetTrainer:
         loss = self.model(images, labels, children)
         loss.backward()
         self.optimizer.step()
+        if self.average_from is not None and self.step >= self.average_from:
+            if self.averaged is None:
+                self.averaged = AveragedModel(self.supernet)
+            self.averaged.update_parameters(self.supernet)
         self.step += 1
         return float(loss.detach())
+
+    @property
+    def shipped(self) -> Supernet:
+        """The weights written at the end: the average over the constant ending once it has begun."""
+        return self.supernet if self.averaged is None else self.averaged.module
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
@@ -204,11 +222,16 @@ class SupernetTrainer:
             test = test.subset(torch.arange(min(self.cfg.eval_limit, len(test))))
         children = (dict([self.fixed_child]) if self.fixed_child is not None
                     else {"biggest": biggest(self.space), "smallest": smallest(self.space)})
+        # The shipped weights are reported; while they are an average, the last step's weights too.
+        weights = {"": self.shipped} if self.averaged is None else {"": self.shipped, "_last_step": self.supernet}
         result = {}
-        for name, arch in children.items():
-            result[f"test_acc_{name}"] = round(
-                child_accuracy(self.supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch), 3
-            )
+        for suffix, supernet in weights.items():
+            for name, arch in children.items():
+                result[f"test_acc_{name}{suffix}"] = round(
+                    child_accuracy(supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch), 3
+                )
+        if self.averaged is not None:
+            result["averaged_steps"] = int(self.averaged.n_averaged)
         self.supernet.train()
         return result
 
@@ -278,7 +301,7 @@ class SupernetTrainer:
     def finish(self, elapsed: float, final_eval: dict[str, float]) -> None:
         summary = {"profile": self.cfg.profile, "steps": self.step, "train_seconds_this_run": round(elapsed, 1),
                    "world": self.dist.world, **final_eval}
-        save_supernet(self.out / "supernet.pt", self.supernet, self.calibration_images,
+        save_supernet(self.out / "supernet.pt", self.shipped, self.calibration_images,
                       {"config": self.cfg.to_dict(), "summary": summary, "classes": list(self.splits.classes)})
         (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         log.info("supernet written to %s: %s", self.out / "supernet.pt", summary)
@@ -297,6 +320,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
                    help="how the two middle children of each sandwich step are chosen (default: uniform)")
     p.add_argument("--attentive-candidates", type=int, help="k candidates per attentive draw (default 3)")
+    p.add_argument("--average-at-floor", action="store_true", default=None,
+                   help="ship the average of the weights over the constant-LR ending (stochastic weight averaging)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")
     p.add_argument("--space", dest="space_path", help="search space JSON (default: the packaged one)")
     p.add_argument("--data-kind", choices=["fashion-mnist", "idx", "folder"])
@@ -308,7 +333,8 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
     cfg = profile(args.profile).with_overrides(epochs=args.epochs, train_subset=args.train_subset, seed=args.seed,
                                                space_path=args.space_path, train_mode=args.train_mode,
                                                middle_sampler=args.middle_sampler,
-                                               attentive_candidates=args.attentive_candidates)
+                                               attentive_candidates=args.attentive_candidates,
+                                               average_at_floor=args.average_at_floor)
     if args.data_kind or args.data_root:
         from nag.data import DataSource
 
