@@ -145,3 +145,19 @@ def test_analytic_macs_and_params_match_the_static_child(space: SearchSpace, per
         counted = counter.get_total_flops() / 2
         assert abs(count_macs(arch, space) - counted) <= 0.01 * counted, arch.to_json()
         assert count_params(arch, space) == sum(p.numel() for p in child.parameters())
+
+
+def test_one_dimension_from_the_other_end_changes_only_that_dimension() -> None:
+    from benchmarks.supernet_frontier import DIMENSIONS, with_dimension_of
+
+    space = load_space()
+    low, high = smallest(space), biggest(space)
+    kernels = with_dimension_of(low, high, "kernel", space)
+    assert all(set(s.kernels) == {max(space.stages[i].kernels)} for i, s in enumerate(kernels.stages))
+    assert [s.depth for s in kernels.stages] == [s.depth for s in low.stages] and kernels.resolution == low.resolution
+    deeper = with_dimension_of(low, high, "depth", space)
+    assert [s.depth for s in deeper.stages] == [s.depth for s in high.stages]
+    assert all(set(s.kernels) == {min(space.stages[i].kernels)} for i, s in enumerate(deeper.stages))
+    for dim in DIMENSIONS:
+        assert with_dimension_of(low, high, dim, space) not in (low, high)
+        assert with_dimension_of(low, low, dim, space) == low
