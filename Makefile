@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PHONY_TARGETS := proto collect train-generator serve bench-generator bench-server bench-frontier bench-frontier-goal
-.PHONY: $(PHONY_TARGETS) setup data test lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
+.PHONY: $(PHONY_TARGETS) setup data test test-deps lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
 
 setup: .venv/.installed data proto
 
@@ -36,14 +36,22 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-test: setup
+# Real parts the tests run: nginx (the gRPC load balancer of tests/test_replicas.py) and Prometheus
+# (tests/test_prometheus.py), from Debian's packages.
+test-deps:
+	@if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ] || ! command -v prometheus >/dev/null; then \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light prometheus; \
+	fi
+
+test: setup test-deps
 	$(PY) -m pytest -q
 
 lint: setup
 	.venv/bin/ruff check .
 
 train-supernet: setup
-	$(PY) -m training.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
+	$(PY) -m nag.training.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
 
 DEVICE ?= cpu
 profile-device: setup
@@ -52,15 +60,15 @@ profile-device: setup
 # Serves the committed default bundle at once; `make demo PROFILE=demo` first builds the small demo
 # bundle from scratch (supernet, device, triplets, evaluator, generator: a few minutes on 2 cores).
 demo: setup
-	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
-	$(PY) -m server.demo --bundle $(BUNDLE)
+	$(PY) -m nag.training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
+	$(PY) -m nag.server.demo --bundle $(BUNDLE)
 
 # Every missing stage of the bundle, then the evaluator and generator of each device.
 train-generator: setup
-	$(PY) -m training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
+	$(PY) -m nag.training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
 
 collect: setup
-	$(PY) -m training.collect_triplets --bundle $(BUNDLE)
+	$(PY) -m nag.training.collect_triplets --bundle $(BUNDLE)
 
 serve: setup
 	$(PY) -m nag.cli serve --bundle $(BUNDLE)

@@ -43,7 +43,7 @@ from nag.space import count_macs, sample_stratified
 from nag.space.arch import biggest, from_tokens, smallest
 from nag.supernet.evaluate import child_accuracy, child_correct
 from nag.supernet.io import load_supernet
-from training.train_supernet import Distributed, SupernetTrainer
+from nag.training.train_supernet import Distributed, SupernetTrainer
 
 log = logging.getLogger("ablations")
 

@@ -8,14 +8,19 @@ less the latency margin NAG serves with (`GenerationConfig.latency_margin`). Eac
 then judged the same way: test accuracy (supernet, BN re-calibrated on the served number of images,
 all test images) and latency measured in ONNX Runtime (one drift-guarded pass over every pick).
 Searches score candidates on validation images only. Method times are wall times on this machine;
-a supernet evaluation that another search already ran is charged at what it cost then.
+a supernet evaluation that another search already ran is charged at what it cost then. `lookup` is
+the bundle's best measured triplet within the target (no generator), `sampled` the evaluator's best of
+the request's own samples (what `generate` served before its serving frontier); `--top 2` extends the
+budgets to twice the dearest child.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
+import math
 import random
 import statistics
 import sys
@@ -50,7 +55,7 @@ from nag.errors import NagError
 from nag.search.baselines import EvolutionConfig, coarse_to_fine_search, evolutionary_search, random_search
 from nag.search.fitness import EvaluationCache, PredictorFitness, SupernetFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
-from nag.space.arch import Architecture, from_tokens
+from nag.space.arch import Architecture, biggest, from_tokens, smallest
 from nag.supernet.evaluate import child_correct
 
 log = logging.getLogger("frontier")
@@ -95,6 +100,7 @@ class Run:
     seconds: float
     evaluations: int = 0
     fallback: bool = False
+    expected: float | None = None  # the method's own accuracy estimate of its pick (%), where it has one
 
 
 @dataclass
@@ -151,7 +157,45 @@ def run_nag(ctx: Context, budgets: list[float], seeds: int) -> list[Run]:
             started = time.perf_counter()
             g = generate(ctx.bundle, b, ctx.device_name, candidates=ctx.settings.candidates, seed=seed)
             runs.append(Run("nag", seed, b, g.arch, g.predicted_cost, time.perf_counter() - started,
-                            fallback=g.fallback))
+                            fallback=g.fallback, expected=g.predicted_accuracy))
+    return runs
+
+
+def run_lookup(ctx: Context, budgets: list[float]) -> list[Run]:
+    """The bundle's triplet with the best measured validation accuracy whose predicted cost (the device's
+    predictor as it is now) fits the target NAG's reply reports (`target_budget`): what serving can get
+    without a generator. Deterministic, so one seed."""
+    started = time.perf_counter()
+    triplets = read_triplets(ctx.bundle.root / "triplets.jsonl")
+    archs = [t.arch(ctx.space) for t in triplets]
+    cost = np.asarray(ctx.cost(archs), dtype=float)
+    acc = np.array([t.val_acc for t in triplets])
+    ctx.one_off_seconds["lookup_table"] = time.perf_counter() - started
+    runs = []
+    for b in budgets:
+        t = time.perf_counter()
+        fits = np.flatnonzero(cost <= ctx.target(b))
+        if len(fits) == 0:  # below every triplet: the space's cheapest child, as NAG would
+            arch = smallest(ctx.space)
+            runs.append(Run("lookup", 0, b, arch, float(ctx.cost([arch])[0]), time.perf_counter() - t, fallback=True))
+            continue
+        best = fits[np.lexsort((cost[fits], -acc[fits]))[0]]  # best accuracy, then the cheaper
+        runs.append(Run("lookup", 0, b, archs[best], float(cost[best]), time.perf_counter() - t,
+                        expected=float(acc[best])))
+    return runs
+
+
+def run_sampled(ctx: Context, budgets: list[float], seeds: int) -> list[Run]:
+    """What `generate` served before the serving frontier: the evaluator's best of the request's own
+    `candidates` samples drawn for the target (`pick_architecture`)."""
+    models = ctx.models
+    score = evaluator_score(models.generator, models.evaluator)
+    runs = []
+    for seed in range(seeds):
+        for b in budgets:
+            started = time.perf_counter()
+            arch, cost, fallback = pick(ctx, models.generator, score, b, seed)
+            runs.append(Run("sampled", seed, b, arch, cost, time.perf_counter() - started, fallback=fallback))
     return runs
 
 
@@ -553,6 +597,64 @@ def plot(data: dict[str, Any], unit: str, path: Any, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 SEARCHES = ("random", "evolution", "evolution-predictor", "bignas")
+EXTRA_METHODS = ("lookup", "sampled")  # the best triplet within the target; the pre-frontier serving rule
+
+
+def monotonicity(data: dict[str, Any], runs: list[Run]) -> dict[str, Any]:
+    """Per method, the largest fall between consecutive budgets of its test accuracy (mean over seeds) and,
+    where the method reports one, of its own expected accuracy (any seed)."""
+    out: dict[str, Any] = {}
+    grouped = by_method(runs)
+    for m in data["methods"]:
+        acc = [row[m]["test_acc"] for row in data["per_budget"]]
+        worst = max((a - b for a, b in itertools.pairwise(acc)), default=0.0)
+        seqs = {}
+        for b in data["budgets"]:
+            for r in grouped[m][b]:
+                seqs.setdefault(r.seed, []).append(r.expected)
+        expected = None
+        if all(v is not None for seq in seqs.values() for v in seq):
+            expected = max((max((a - b for a, b in itertools.pairwise(seq)), default=0.0)
+                            for seq in seqs.values()), default=0.0)
+        out[m] = {"max_test_acc_drop": max(0.0, worst), "max_expected_acc_drop": None if expected is None
+                  else max(0.0, expected), "test_acc": acc}
+    return out
+
+
+def monotonicity_markdown(data: dict[str, Any]) -> str:
+    rows = [[m, f"{v['max_test_acc_drop']:.2f}",
+             "-" if v["max_expected_acc_drop"] is None else f"{v['max_expected_acc_drop']:.2f}"]
+            for m, v in data.items()]
+    return ("## Monotonicity\n\nLargest fall from one budget to the next (points; 0 = never falls):\n\n"
+            + markdown_table(["method", "test accuracy (mean over seeds)", "the method's expected accuracy"], rows)
+            + "\n")
+
+
+def against_reference(judged: Judged, runs: list[Run], reference: list[Run], method: str = "nag"
+                      ) -> list[dict[str, Any]]:
+    """`method` against a fixed reference child (the biggest) at the budgets where that child fits the target."""
+    rows = []
+    for ref in reference:
+        mine = [r for r in runs if r.method == method and r.budget == ref.budget]
+        a = np.mean([judged.correct[r.arch.arch_id] for r in mine], axis=0)
+        b = judged.correct[ref.arch.arch_id]
+        diff, low, high = paired_bootstrap(a, b, seed=_seed(ref.method, ref.budget))
+        rows.append({"budget": ref.budget, "reference": ref.method, f"{method}_acc": 100.0 * float(a.mean()),
+                     "reference_acc": 100.0 * float(b.mean()), "diff": diff, "low": low, "high": high,
+                     "verdict": verdict(low, high), "archs": sorted({r.arch.arch_id for r in mine}),
+                     "reference_arch": ref.arch.arch_id, "reference_cost": ref.predicted_cost})
+    return rows
+
+
+def against_reference_markdown(rows: list[dict[str, Any]], unit: str) -> str:
+    ref = rows[0]
+    md = (f"## NAG against the {ref['reference']} child where it fits\n\nThe {ref['reference']} child (predicted "
+          f"{ref['reference_cost']:.4g} {unit}) fits the target at these budgets; paired test accuracy, 95% "
+          "bootstrap:\n\n")
+    return md + markdown_table(
+        [f"budget ({unit})", "nag %", f"{ref['reference']} %", "nag − reference"],
+        [[f"{r['budget']:.4g}", f"{r['nag_acc']:.2f}", f"{r['reference_acc']:.2f}",
+          f"{r['diff']:+.2f} [{r['low']:+.2f}, {r['high']:+.2f}] {r['verdict']}"] for r in rows]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -565,7 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evolution-evaluations", type=int)
     p.add_argument("--search-seeds", type=int)
     p.add_argument("--methods", default="nag,independent," + ",".join(SEARCHES),
-                   help="comma-separated: nag, independent, " + ", ".join(SEARCHES))
+                   help="comma-separated: nag, independent, " + ", ".join(SEARCHES + EXTRA_METHODS))
+    p.add_argument("--top", type=float, default=1.0,
+                   help="the highest budget as a multiple of the device's dearest child (default 1)")
     p.add_argument("--no-ablations", action="store_true", help="skip PNAG's Tables 2, 3 and 5")
     p.add_argument("--name", default="frontier", help="results file name (without suffix)")
     p.add_argument("--out", type=Path, default=RESULTS, help="results folder (default benchmarks/results/)")
@@ -583,10 +687,12 @@ def main(argv: list[str] | None = None) -> int:
                  "evolution_evaluations": args.evolution_evaluations, "search_seeds": args.search_seeds}
     settings = Settings(**{**settings.__dict__, **{k: v for k, v in overrides.items() if v is not None}})
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = set(methods) - {"nag", "independent", *SEARCHES}
+    unknown = set(methods) - {"nag", "independent", *SEARCHES, *EXTRA_METHODS}
     try:
         if unknown or "nag" not in methods:
             raise NagError(f"--methods must include nag and only name known methods; unknown: {sorted(unknown)}")
+        if not math.isfinite(args.top) or args.top <= 0:
+            raise NagError(f"--top must be a positive number, got {args.top}")
         bundle = load_bundle(args.bundle)
         if args.device not in bundle.devices:
             raise NagError(f"unknown device {args.device!r}; the bundle has {sorted(bundle.devices)}")
@@ -605,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
     models = ctx.models
     unit = models.device.unit
     lo, hi = models.min_cost, models.device.cost_range[1]
-    budgets = [float(b) for b in np.linspace(lo + 0.02 * (hi - lo), hi, settings.budgets)]
+    budgets = [float(b) for b in np.linspace(lo + 0.02 * (hi - lo), args.top * hi, settings.budgets)]
     ablation_budgets = budgets[1::2][: settings.ablation_budgets] if settings.budgets >= 2 * settings.ablation_budgets \
         else budgets[: settings.ablation_budgets]
     timings: dict[str, float] = {}
@@ -621,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     k = len(models.generator.budget.budgets)
     equal_steps = max(1, int(pipe["generator_steps"]) // k)
     runs = timed("nag", lambda: run_nag(ctx, budgets, settings.nag_seeds))
+    if models.frontier is not None:  # built by NAG's first call (`nag.core.frontier`)
+        ctx.one_off_seconds["nag_serving_frontier"] = models.frontier.seconds
     if "independent" in methods:
         runs += timed("independent", lambda: run_independent(ctx, budgets, settings.search_seeds, equal_steps,
                                                              "independent"))
@@ -628,6 +736,13 @@ def main(argv: list[str] | None = None) -> int:
         if m in methods:
             seeds = settings.predictor_seeds if m == "evolution-predictor" else settings.search_seeds
             runs += timed(m, lambda m=m, seeds=seeds: run_search(ctx, m, budgets, seeds))
+    if "lookup" in methods:
+        runs += timed("lookup", lambda: run_lookup(ctx, budgets))
+    if "sampled" in methods:
+        runs += timed("sampled", lambda: run_sampled(ctx, budgets, settings.nag_seeds))
+    big = biggest(ctx.space)
+    big_cost = float(ctx.cost([big])[0])
+    reference_runs = [Run("biggest", 0, b, big, big_cost, 0.0) for b in budgets if ctx.target(b) >= big_cost]
     ablation_runs: list[Run] = []
     if not args.no_ablations:
         ablation_runs += timed("independent-equal-samples", lambda: run_independent(
@@ -635,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
         ablation_runs += timed("rewards", lambda: run_reward_ablation(ctx, ablation_budgets))
         ablation_runs += timed("K", lambda: run_k_ablation(ctx, ablation_budgets, settings.k_values))
     t = time.perf_counter()
-    correct, measured, speed = judge(ctx, runs + ablation_runs)
+    correct, measured, speed = judge(ctx, runs + ablation_runs + reference_runs)
     timings["judging"] = time.perf_counter() - t
     judged = Judged(correct, measured)
     main_data = comparison(ctx, runs, judged, budgets)
@@ -643,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                               "settings": settings.__dict__, "machine": machine(), "comparison": main_data,
                               "test_images": len(test), "search_val_images": len(val),
                               "measured_over_profiled_anchors": speed}
+    result["monotonicity"] = monotonicity(main_data, runs)
+    if reference_runs:
+        result["nag_vs_biggest"] = against_reference(judged, runs, reference_runs)
     if "evolution" in methods:
         result["goal_vs_evolution"] = goal_check(main_data)
     profile_speed = at_profile_speed(result)
@@ -659,6 +777,9 @@ def main(argv: list[str] | None = None) -> int:
                f"{latency_margin(models):.0%} margin.\n\n")
     md += "Paired on the same test images, 95% bootstrap interval (seeds averaged per image):\n\n"
     md += paired_table(main_data) + "\n"
+    md += monotonicity_markdown(result["monotonicity"])
+    if "nag_vs_biggest" in result:
+        md += against_reference_markdown(result["nag_vs_biggest"], unit)
     if "goal_vs_evolution" in result:
         g = result["goal_vs_evolution"]
         md += (f"**Goal** (feasible everywhere and ≥ evolution − {GOAL_MARGIN} points at every budget, evolution with "
@@ -710,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
 def _markdown_header(bundle: Bundle, device: str, s: Settings, test_images: int, val_images: int,
                      budgets: list[float]) -> str:
     return (f"# Frontier benchmark: bundle `{bundle.bundle_id}`, device `{device}`\n\n"
-            f"{len(budgets)} budgets across the device's range. Every pick judged on {test_images} test images "
+            f"{len(budgets)} budgets from {budgets[0]:.4g} to {budgets[-1]:.4g}. Every pick judged on {test_images} "
+            "test images "
             f"(supernet, BN re-calibrated on {SERVING_CALIBRATION_IMAGES} images) and by latency measured in ONNX "
             f"Runtime. Searches score on {val_images} validation images. NAG: {s.nag_seeds} seeds, "
             f"{s.candidates} candidates. Random search: {s.random_evaluations} supernet evaluations per budget; "

@@ -47,12 +47,12 @@ def _rss_mb(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, bundle: str, cache_mb: float, max_concurrent: int):
+    def __init__(self, bundle: str, cache_mb: float, max_concurrent: int, extra: list[str] | None = None):
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nag.cli", "serve", "--bundle", bundle, "--port", str(self.port),
              "--metrics-port", "-1", "--cache-mb", str(cache_mb), "--max-concurrent", str(max_concurrent),
-             "--workers", str(max_concurrent + 8)],
+             "--workers", str(max_concurrent + 8), *(extra or [])],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         with channel(self.address) as ch:
             grpc.channel_ready_future(ch).result(timeout=120)

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     procs = {}
     for name, mode in MODES.items():
-        cmd = [sys.executable, "-m", "training.train_supernet", "--profile", args.profile, "--train-mode", mode,
+        cmd = [sys.executable, "-m", "nag.training.train_supernet", "--profile", args.profile, "--train-mode", mode,
                "--threads", "1", "--out", str(args.work / name), "--resume"]
         if args.epochs:
             cmd += ["--epochs", str(args.epochs)]

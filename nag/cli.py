@@ -9,12 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+from nag import installed_version
 from nag.errors import NagError
 from nag.space import Architecture, SearchSpace
 
 
 def _cmd_train_supernet(rest: list[str]) -> int:
-    from training.train_supernet import main as train_main
+    from nag.training.train_supernet import main as train_main
 
     return train_main(rest)
 
@@ -109,6 +110,8 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nag", description="Budget-conditioned architecture generator")
+    p.add_argument("--version", action="version", version=f"nag {installed_version()}",
+                   help="print the version and exit")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("train-supernet", help="train the elastic supernet (see --help of the subcommand)",
                    add_help=False)
@@ -124,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profile-file", help="a device profile JSON for a new device")
     d.add_argument("--space", help="search-space JSON (default: the packaged default space)")
     d.add_argument("--archs", type=int, default=400, help="architectures to measure (stratified over MACs)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--seed", type=int, default=0,
+                   help="seed for the sampled architectures, their measurement order and the predictor fit")
     g = sub.add_parser("generate", help="request a model for a budget from a server (or --local)")
     from nag.client import add_arguments
 
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "train-supernet":
         return _cmd_train_supernet(argv[1:])
     if argv and argv[0] == "serve":
-        from server.app import main as serve_main
+        from nag.server.app import main as serve_main
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)

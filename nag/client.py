@@ -10,8 +10,20 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nag.limits import MAX_CANDIDATES, MAX_SEED
+
 # gRPC clients refuse replies above 4 MB by default; the largest child of a big space can exceed it.
 MAX_RECEIVE = 64 * 1024 * 1024
+# The retry policy of every channel() (several replicas behind a load balancer; see README): calls that
+# end UNAVAILABLE (a replica died or is draining after SIGTERM, or nginx found no live replica) or
+# RESOURCE_EXHAUSTED (all of a replica's slots busy) are sent again, up to gRPC's cap of 5 attempts.
+# The wait before retry n is random in [0, min(0.25 s * 2^(n-1), 5 s)]. gRPC does not retry a call
+# once reply headers have arrived, and the call's deadline covers all attempts. Every RPC of the
+# service is a pure function of its request, so resending is safe.
+RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "5s", "backoffMultiplier": 2,
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]}
+SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "nag.v1.ArchitectureGeneratorService"}],
+                                               "retryPolicy": RETRY_POLICY}]})
 
 
 @dataclass(frozen=True)
@@ -31,10 +43,16 @@ class GeneratedModel:
     cached: bool
 
 
-def channel(address: str, tls_ca: Path | None = None):  # type: ignore[no-untyped-def]
+def channel(address: str, tls_ca: Path | None = None, retries: bool = True):  # type: ignore[no-untyped-def]
+    """A channel to a server or a load balancer; `retries=False` turns off gRPC's retries (also the
+    transparent ones) so that every failed attempt reaches the caller."""
     import grpc
 
-    options = [("grpc.max_receive_message_length", MAX_RECEIVE)]
+    options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", MAX_RECEIVE)]
+    if retries:
+        options += [("grpc.enable_retries", 1), ("grpc.service_config", SERVICE_CONFIG)]
+    else:
+        options += [("grpc.enable_retries", 0)]
     if tls_ca:
         return grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()), options=options)
     return grpc.insecure_channel(address, options=options)
@@ -68,15 +86,16 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
 
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
-    from nag.bundle import load_bundle
+    from nag.bundle.bundle import bundle_or_default, load_bundle
     from nag.core.inference import generate
     from nag.core.materialize import export_child
+    from nag.core.request import resolve_request
 
     started = time.perf_counter()
-    bundle = load_bundle(args.bundle)
-    device = args.device or ("flops" if args.macs is not None else None)
-    budget = args.macs / 1e6 if args.macs is not None else args.budget_ms
-    g = generate(bundle, budget, device, candidates=args.candidates or 64, seed=args.seed)
+    bundle = load_bundle(bundle_or_default(args.bundle))
+    req = resolve_request(bundle, latency_ms=args.budget_ms, macs=args.macs, device=args.device,
+                          candidates=args.candidates or 0, seed=args.seed)
+    g = generate(bundle, req.budget, req.device, candidates=req.candidates, seed=req.seed)
     exported = export_child(bundle, g.arch)
     timings = {k: 1e3 * v for k, v in {**g.timings, **exported.timings}.items()}
     timings["total"] = 1e3 * (time.perf_counter() - started)
@@ -87,6 +106,12 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
 def run(args: argparse.Namespace) -> int:
     if (args.budget_ms is None) == (args.macs is None):
         print("error: give exactly one of --budget-ms and --macs", file=sys.stderr)
+        return 2
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        print(f"error: --seed must lie in [0, 2**64 - 1], got {args.seed}", file=sys.stderr)
+        return 2
+    if args.candidates is not None and not 1 <= args.candidates <= MAX_CANDIDATES:
+        print(f"error: --candidates must lie in [1, {MAX_CANDIDATES}], got {args.candidates}", file=sys.stderr)
         return 2
     model = request_local(args) if args.local else request_remote(args)
     if hashlib.sha256(model.onnx).hexdigest() != model.sha256:
@@ -113,9 +138,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, help="candidates to sample (default: server default)")
     p.add_argument("--seed", type=int, help="fix the sampling (same seed, same architecture)")
     p.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
-    p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--server", default="127.0.0.1:50051", help="server address, host:port (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="RPC deadline in seconds")
     p.add_argument("--token", help="bearer token")
     p.add_argument("--tls-ca", type=Path, help="CA certificate for a TLS server")
     p.add_argument("--local", action="store_true", help="run the same path in-process instead of over gRPC")
-    p.add_argument("--bundle", default="bundles/default", help="bundle for --local")
+    p.add_argument("--bundle", help="bundle for --local (default: $NAG_BUNDLE, else a checkout's bundles/default)")

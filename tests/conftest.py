@@ -48,7 +48,7 @@ def rng() -> random.Random:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A complete bundle built by the real pipeline with the `tiny` profile (flops device only)."""
     from nag.config import pipeline
-    from training.train_generator import build
+    from nag.training.train_generator import build
 
     base = tmp_path_factory.mktemp("bundles")
     build(base / "tiny", pipeline("tiny"), run_dir=base / "run", progress=False)

@@ -21,7 +21,7 @@ from nag.space import SearchSpace, count_macs, sample_stratified
 from nag.supernet import Supernet
 from nag.train.attentive import AttentiveSampler
 from nag.train.proposal import MacsProposal
-from training.train_supernet import Distributed, SupernetTrainer
+from nag.training.train_supernet import Distributed, SupernetTrainer
 
 
 @pytest.fixture(scope="module")

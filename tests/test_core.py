@@ -203,7 +203,7 @@ def test_bundle_manifest_is_verified(tiny_bundle: Path, tmp_path: Path) -> None:
 def test_a_device_dropped_into_the_bundle_is_trained_and_served(tiny_bundle: Path, tmp_path: Path) -> None:
     from nag.config import pipeline
     from nag.cost.device import DeviceProfile
-    from training.train_generator import build
+    from nag.training.train_generator import build
 
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)

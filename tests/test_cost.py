@@ -153,6 +153,10 @@ def test_profile_device_resumes_and_loads(space: SearchSpace, quick_cpu: DeviceP
     device = load_device(tmp_path, "quick", space)
     assert device.unit == "ms" and device.cost_range[0] < device.cost_range[1]
     assert device.predict([smallest(space), biggest(space)]).shape == (2,)
+    assert device.profile.runtime_version == ort.__version__  # the runtime contract records its runtime
+    other = DeviceProfile.from_dict({**device.profile.to_dict(), "runtime_version": "0.1.0"})
+    with pytest.raises(DeviceError, match=r"measured with ONNX Runtime 0\.1\.0"):
+        profile_device(tmp_path, space, other, num_archs=24, progress=False, chunk_size=8)
 
 
 def test_measuring_against_the_profile_reports_the_machine_speed(space: SearchSpace, quick_cpu: DeviceProfile,

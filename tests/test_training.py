@@ -16,7 +16,7 @@ import torch
 from nag.artifacts import load_artifact
 from nag.config import profile
 from nag.supernet.io import load_supernet
-from training.train_supernet import Distributed, SupernetTrainer
+from nag.training.train_supernet import Distributed, SupernetTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,7 +88,8 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "training.train_supernet", "--profile", "tiny", "--epochs", "3", "--out", str(out)]
+    args = [sys.executable, "-m", "nag.training.train_supernet", "--profile", "tiny", "--epochs", "3", "--out",
+            str(out)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while not (out / "log.jsonl").exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -113,6 +114,40 @@ def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     assert all({"test_acc_biggest", "test_acc_smallest"} <= set(r) for r in records)
 
 
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_during_an_epochs_evaluation_keeps_its_log_line(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkpoint of epoch 2 is on disk when its evaluation dies (as with kill -9): the resumed run
+    evaluates epoch 2 from that checkpoint and logs it, then goes on."""
+    cfg = profile("tiny").with_overrides(epochs=3)
+    first = SupernetTrainer(cfg, tmp_path, Distributed())
+    evaluate = SupernetTrainer.evaluate
+    calls = []
+
+    def dies_in_the_second(self: SupernetTrainer) -> dict[str, float]:
+        calls.append(self.step)
+        if len(calls) == 2:
+            raise _Crash
+        return evaluate(self)
+
+    monkeypatch.setattr(SupernetTrainer, "evaluate", dies_in_the_second)
+    with pytest.raises(_Crash):
+        first.run(resume=False)
+    monkeypatch.setattr(SupernetTrainer, "evaluate", evaluate)
+    epoch2_step = calls[1]
+    assert load_artifact(tmp_path / "checkpoint.pt")["step"] == epoch2_step
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "log.jsonl").read_text().splitlines()] == [1]
+
+    resumed = SupernetTrainer(cfg, tmp_path, Distributed())
+    assert resumed.run(resume=True) == 0
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[1]["step"] == epoch2_step and "test_acc_biggest" in records[1] and "train_loss" in records[1]
+
+
 def test_corrupt_checkpoint_is_refused_without_traceback(tmp_path: Path) -> None:
     out = tmp_path / "run"
     out.mkdir()
@@ -128,7 +163,7 @@ def test_ddp_two_gloo_processes_hold_identical_weights(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "training.train_supernet", "--profile", "tiny", "--out", str(out)],
+         "-m", "nag.training.train_supernet", "--profile", "tiny", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -154,7 +189,7 @@ def test_config_errors_are_clear() -> None:
 
 
 def test_cli_average_at_floor_ships_the_average_and_logs_both(tmp_path: Path) -> None:
-    from training.train_supernet import build_config, main, parse_args
+    from nag.training.train_supernet import build_config, main, parse_args
 
     assert build_config(parse_args(["--profile", "tiny"])).average_at_floor is False
     assert main(["--profile", "tiny", "--out", str(tmp_path), "--average-at-floor"]) == 0

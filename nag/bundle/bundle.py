@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from nag.core.accuracy import AccuracyPredictor
 from nag.core.evaluator import Evaluator
 from nag.core.generator import Generator
 from nag.cost.store import Device, device_dir, list_devices, load_device
-from nag.errors import CheckpointError
+from nag.errors import CheckpointError, NagError
 from nag.space.arch import smallest
 from nag.space.space import SearchSpace
 from nag.supernet.io import TrainedSupernet, load_supernet
@@ -35,10 +38,28 @@ ACCURACY_FILE = "accuracy_predictor.json"
 EVALUATOR_FILE = "evaluator.pt"
 GENERATOR_FILE = "generator.pt"
 SKIP = {MANIFEST_FILE, "checkpoint.pt"}
+BUNDLE_ENV = "NAG_BUNDLE"
 
 
 class BundleError(CheckpointError):
     """A bundle is missing, corrupt, incomplete or does not match this version."""
+
+
+def default_bundle() -> Path | None:
+    """`$NAG_BUNDLE`, else the committed default bundle of a source checkout (absolute, so the working
+    directory does not matter), else None: an installed wheel has no bundle of its own."""
+    if os.environ.get(BUNDLE_ENV):
+        return Path(os.environ[BUNDLE_ENV])
+    checkout = Path(__file__).resolve().parents[2] / "bundles" / "default"
+    return checkout if (checkout / MANIFEST_FILE).is_file() else None
+
+
+def bundle_or_default(bundle: str | Path | None) -> Path:
+    """The bundle a command should use; a clear error when none is given and there is no default."""
+    chosen = Path(bundle) if bundle else default_bundle()
+    if chosen is None:
+        raise BundleError(f"no bundle given: pass --bundle PATH or set {BUNDLE_ENV}")
+    return chosen
 
 
 def _sha256(path: Path) -> str:
@@ -87,9 +108,74 @@ def load_generator(path: Path, space: SearchSpace) -> Generator:
     return model.eval()
 
 
+SEAL = "manifest_sha256"
+# The manifest's fields and their JSON types; any other shape is a corrupt manifest.
+MANIFEST_FIELDS: dict[str, type] = {
+    "format_version": int, "name": str, "space": dict, "default_device": str, "devices": list, "files": dict,
+    "configs": dict, "metrics": dict, "bundle_id": str, SEAL: str,
+}
+
+
+def _manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest without its seal, as canonical JSON."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def seal_manifest(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest with its seal: a hash over all its other fields, verified as a whole on load."""
+    return {**manifest, SEAL: _manifest_digest(manifest)}
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def read_manifest(root: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Parse `manifest.json` and check its shape, format version and (unless `verify=False`) its seal."""
+    root = Path(root)
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(f"{root} is not a bundle: {MANIFEST_FILE} is missing (build one with "
+                          "`make train-generator`)")
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise BundleError(f"bundle {root} is corrupt: {MANIFEST_FILE} is not JSON ({_one_line(str(exc), 120)})") \
+            from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"bundle {root} is corrupt: {MANIFEST_FILE} is not a JSON object")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"{root}: bundle format {_one_line(repr(manifest.get('format_version')), 40)} is not "
+                          f"supported (this version reads format {FORMAT_VERSION})")
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind) or (kind is int and isinstance(manifest.get(key), bool)):
+            raise BundleError(f"bundle {root} is corrupt: {MANIFEST_FILE} has no valid {key!r} field")
+    if verify and manifest[SEAL] != _manifest_digest(manifest):
+        raise BundleError(f"bundle {root} is corrupt: {MANIFEST_FILE} does not match its own {SEAL}")
+    files = manifest["files"]
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()) or \
+            not all(isinstance(d, str) for d in manifest["devices"]):
+        raise BundleError(f"bundle {root} is corrupt: {MANIFEST_FILE} lists malformed files or devices")
+    return manifest
+
+
+@contextmanager
+def _reading(root: Path, rel: str) -> Iterator[None]:
+    """Any failure to read one file of the bundle becomes a one-line BundleError naming the file."""
+    try:
+        yield
+    except NagError as exc:
+        raise BundleError(_one_line(str(exc))) from None
+    except Exception as exc:  # a parser's errors come in many types: KeyError, TypeError, ValueError, ...
+        raise BundleError(f"bundle {root} is corrupt: {rel} cannot be read "
+                          f"({type(exc).__name__}: {_one_line(str(exc), 160)})") from None
+
+
 def write_manifest(root: str | Path, name: str, space: SearchSpace, default_device: str,
                    configs: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
-    """Hash every file of the bundle and write `manifest.json` atomically."""
+    """Hash every file of the bundle and write `manifest.json` (sealed) atomically."""
     root = Path(root)
     files = {
         str(p.relative_to(root)): _sha256(p)
@@ -102,6 +188,7 @@ def write_manifest(root: str | Path, name: str, space: SearchSpace, default_devi
         "files": files, "configs": configs, "metrics": metrics,
         "bundle_id": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16],
     }
+    manifest = seal_manifest(manifest)
     atomic_write_bytes(root / MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
     return manifest
 
@@ -114,6 +201,9 @@ class DeviceModels:
     evaluator: Evaluator
     generator: Generator
     min_cost: float
+    # The table picks are chosen from (`nag.core.frontier`), built on first use; `dataclasses.replace`
+    # does not copy it, so a copy with another device builds its own.
+    frontier: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -143,37 +233,34 @@ class Bundle:
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Load a bundle, verifying the manifest's hashes of every file it lists (unless `verify=False`)."""
+    """Load a bundle, verifying the manifest's seal and the hash of every file it lists (unless
+    `verify=False`). Any corruption is a one-line `BundleError` that names the file."""
     root = Path(root)
-    path = root / MANIFEST_FILE
-    if not path.is_file():
-        raise BundleError(f"{root} is not a bundle: {MANIFEST_FILE} is missing (build one with "
-                          "`make train-generator`)")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is corrupt: {exc}") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{root}: bundle format {manifest.get('format_version')} is not supported "
-                          f"(this version reads format {FORMAT_VERSION})")
+    manifest = read_manifest(root, verify)
     if verify:
-        for rel, digest in manifest.get("files", {}).items():
+        for rel, digest in manifest["files"].items():
             file = root / rel
             if not file.is_file():
                 raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
             if _sha256(file) != digest:
                 raise BundleError(f"bundle {root} is corrupt: {rel} does not match its hash in the manifest")
-    space = SearchSpace.from_dict(manifest["space"])
-    trained = load_supernet(root / SUPERNET_FILE)
+    with _reading(root, f"{MANIFEST_FILE} (space)"):
+        space = SearchSpace.from_dict(manifest["space"])
+    with _reading(root, SUPERNET_FILE):
+        trained = load_supernet(root / SUPERNET_FILE)
     if trained.supernet.space.to_json() != space.to_json():
         raise BundleError(f"bundle {root}: the supernet's search space differs from the manifest's")
-    accuracy = AccuracyPredictor.from_dict(json.loads((root / ACCURACY_FILE).read_text()))
+    with _reading(root, ACCURACY_FILE):
+        accuracy = AccuracyPredictor.from_dict(json.loads((root / ACCURACY_FILE).read_bytes().decode("utf-8")))
+    if manifest["default_device"] not in manifest["devices"]:
+        raise BundleError(f"bundle {root} is corrupt: its default device is not one of its devices")
     devices = {}
     for name in manifest["devices"]:
         folder = device_dir(root, name)
-        device = load_device(root, name, space)
-        evaluator = load_evaluator(folder / EVALUATOR_FILE)
-        generator = load_generator(folder / GENERATOR_FILE, space)
-        min_cost = float(device.predict([smallest(space)])[0])
+        with _reading(root, f"devices/{name}"):
+            device = load_device(root, name, space)
+            evaluator = load_evaluator(folder / EVALUATOR_FILE)
+            generator = load_generator(folder / GENERATOR_FILE, space)
+            min_cost = float(device.predict([smallest(space)])[0])
         devices[name] = DeviceModels(device, evaluator, generator, min_cost)
     return Bundle(root, manifest, space, trained, accuracy, devices)

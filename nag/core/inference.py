@@ -1,10 +1,14 @@
 """Generating an architecture for a budget (PNAG section 3.5).
 
-The budget's embedding is interpolated between its two neighbouring learned budgets, `candidates`
-architectures are sampled in one batch, their cost comes from the device's predictor, infeasible
-ones are dropped (a bounded number of resampling rounds if none is feasible; then the space's
-cheapest child, which the caller is told about), and the evaluator's score picks the best. On a device
-whose costs are measured latencies the pick targets the budget less a margin for the predictor's error
+`pick_architecture` is PNAG's step: the budget's embedding is interpolated between its two neighbouring
+learned budgets, `candidates` architectures are sampled in one batch, their cost comes from the device's
+predictor, infeasible ones are dropped (a bounded number of resampling rounds if none is feasible; then
+the space's cheapest child, which the caller is told about), and the evaluator's score picks the best.
+`generate`, what the server and the CLI serve, chooses from the device's serving frontier instead
+(`nag.core.frontier`): the generator's picks across the device's range and the bundle's measured
+triplets, scored by one accuracy estimate, so that a pick is never worse than what the bundle measured
+within the budget and never gets worse as the budget rises. On a device whose costs are measured
+latencies the pick targets the budget less a margin for the predictor's error
 (`GenerationConfig.latency_margin`), never less than the cheapest child.
 """
 
@@ -22,14 +26,18 @@ import torch
 from nag.bundle.bundle import Bundle, DeviceModels
 from nag.config import GENERATION
 from nag.core.evaluator import Evaluator
+from nag.core.frontier import FrontierEntry, serving_frontier
 from nag.core.generator import Generator
 from nag.cost.device import DeviceError
 from nag.cost.store import Device
 from nag.errors import NagError
+from nag.limits import MAX_CANDIDATES, MAX_SEED
 from nag.space.arch import Architecture, from_tokens, smallest, to_tokens
 from nag.space.plan import count_macs, count_params
 
-MAX_CANDIDATES = 4096
+# Budgets above this many times the dearest child's cost are generated for that multiple: every child
+# fits there already, and the generator's float32 budget tensors must stay finite.
+SATURATION = 2.0
 
 
 class InvalidBudgetError(NagError):
@@ -52,23 +60,34 @@ class Generated:
     budget: float
     target: float  # the budget the pick was generated for: `budget` less the latency margin
     predicted_cost: float
-    predicted_accuracy: float
-    score: float
+    predicted_accuracy: float  # expected validation accuracy %: measured for a triplet, else predicted
+    score: float  # the evaluator's score of the pick at `target`
     macs: int
     params: int
-    candidates: int
-    feasible_candidates: int
+    candidates: int  # architectures the serving frontier was built from (measured + proposed)
+    feasible_candidates: int  # frontier entries within `target`
     rounds: int
     fallback: bool
     seed: int
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    measured: bool = False  # the pick is one of the bundle's triplets (its accuracy was measured)
+
+
+def _shorten(text: str, limit: int = 64) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def resolve_device(bundle: Bundle, device: str | None) -> DeviceModels:
     name = device or bundle.default_device
     if name not in bundle.devices:
-        raise DeviceError(f"unknown device {name!r}; this bundle serves {sorted(bundle.devices)}")
+        # The name is the caller's: shortened, so that a huge one cannot blow up the error (gRPC metadata).
+        raise DeviceError(f"unknown device {_shorten(name)!r}; this bundle serves {sorted(bundle.devices)}")
     return bundle.devices[name]
+
+
+def check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise InvalidBudgetError(f"seed must lie in [0, 2**64 - 1], got {seed}")
 
 
 def check_budget(budget: float, models: DeviceModels, candidates: int) -> None:
@@ -147,35 +166,53 @@ def latency_margin(models: DeviceModels) -> float:
 
 
 def target_budget(budget: float, models: DeviceModels, margin: float | None = None) -> float:
-    """`budget` less the latency margin (the device's default unless `margin` is given), but never below
-    the cheapest child's cost."""
+    """`budget` less the latency margin (the device's default unless `margin` is given), never below the
+    cheapest child's cost and never above `SATURATION` times the dearest child's."""
     if margin is None:
         margin = latency_margin(models)
     if not 0.0 <= margin < 1.0:
         raise InvalidBudgetError(f"margin must lie in [0, 1), got {margin!r}")
-    return max(budget * (1.0 - margin), models.min_cost)
+    ceiling = SATURATION * max(models.device.cost_range[1], models.min_cost)
+    return min(max(budget * (1.0 - margin), models.min_cost), ceiling)
 
 
 @torch.no_grad()
 def generate(bundle: Bundle, budget: float, device: str | None = None, candidates: int = 64,
              seed: int | None = None, max_rounds: int = 4, margin: float | None = None) -> Generated:
-    """The best feasible architecture the device's generator proposes for `budget` (in the device's unit),
-    generated for `target_budget(budget, ..., margin)`."""
+    """The best architecture within `target_budget(budget, ..., margin)` (in the device's unit) of the
+    device's serving frontier (`nag.core.frontier`): the bundle's measured triplets and the generator's
+    proposals across the device's range, scored by one accuracy estimate (measured validation accuracy,
+    else the bundle's accuracy predictor), reported as `predicted_accuracy`. The pool does not depend on
+    the budget, so the pick is never worse than the best measured architecture within the target, and
+    its expected accuracy never falls as the budget rises. `candidates`, `seed` and `max_rounds` are
+    still validated and `seed` is reported, but the pick no longer depends on them: a pick drawn from
+    samples for one budget would not be in the pool of the next, and could get worse as the budget rises."""
     models = resolve_device(bundle, device)
     check_budget(budget, models, candidates)
+    check_seed(seed)
     target = target_budget(budget, models, margin)
     seed = secrets.randbits(31) if seed is None else int(seed)
-    rng = torch.Generator().manual_seed(seed)
     space = bundle.space
-    pick = pick_architecture(models.generator, models.device, evaluator_score(models.generator, models.evaluator),
-                             target, candidates, rng, max_rounds)
-    arch = from_tokens(pick.tokens, space)
-    encoding = models.generator.encoder.encode(torch.tensor([pick.tokens], dtype=torch.long))
-    accuracy = float(np.clip(bundle.accuracy.predict(encoding)[0], 0.0, 100.0))
+    started = time.perf_counter()
+    frontier = serving_frontier(bundle, models)  # built on the device's first call, then kept
+    built = time.perf_counter()
+    index = frontier.index_within(target)
+    fallback = index < 0  # never while the space's cheapest child is on the frontier's pool
+    if fallback:
+        cheapest = smallest(space)
+        entry = FrontierEntry(cheapest, models.min_cost, float(np.clip(bundle.accuracy.predict(
+            models.generator.encoder.encode(models.generator.encoder.tokens([cheapest])))[0], 0.0, 100.0)), False)
+    else:
+        entry = frontier.entries[index]
+    tokens = torch.tensor([to_tokens(entry.arch, space)], dtype=torch.long)
+    score = evaluator_score(models.generator, models.evaluator)(
+        tokens, torch.tensor([entry.cost], dtype=torch.float64), float(target))
+    arch = entry.arch
     return Generated(
         arch=arch, device=models.name, unit=models.device.unit, budget=float(budget), target=target,
-        predicted_cost=pick.cost, predicted_accuracy=accuracy, score=pick.score,
-        macs=count_macs(arch, space), params=count_params(arch, space), candidates=pick.candidates,
-        feasible_candidates=pick.feasible, rounds=pick.rounds, fallback=pick.fallback, seed=seed,
-        timings=dict(pick.timings),
+        predicted_cost=entry.cost, predicted_accuracy=entry.expected_accuracy, score=float(score[0]),
+        macs=count_macs(arch, space), params=count_params(arch, space),
+        candidates=frontier.measured + frontier.proposed, feasible_candidates=index + 1, rounds=0,
+        fallback=fallback, seed=seed, timings={"sample": built - started, "choose": time.perf_counter() - built},
+        measured=entry.measured,
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 
 from nag.bundle.bundle import Bundle
-from nag.export import build_onnx
+from nag.export import GraphForm, build_onnx
 from nag.space.arch import Architecture
 from nag.supernet.static import calibrate_bn, extract_child
 
@@ -31,9 +32,11 @@ SERVING_CALIBRATION_IMAGES = 128
 
 
 def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = SERVING_CALIBRATION_IMAGES,
-                 check: bool = False) -> ExportedModel:
+                 check: bool = False, form: GraphForm | str = GraphForm.PORTABLE,
+                 metadata: Mapping[str, str] | None = None) -> ExportedModel:
     """Slice `arch` out of the bundle's supernet, re-calibrate its BN on the bundle's first
-    `calibration_images` calibration images (one batch) and build its ONNX model directly."""
+    `calibration_images` calibration images (one batch) and build its ONNX model directly, in graph
+    `form` (see `GraphForm`), with `metadata` added to its metadata_props."""
     started = time.perf_counter()
     with torch.no_grad():
         static = extract_child(bundle.trained.supernet, arch)
@@ -44,7 +47,8 @@ def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = S
     meta = {"nag.bundle_id": bundle.bundle_id}
     if bundle.classes:
         meta["nag.classes"] = json.dumps(bundle.classes)
-    model = build_onnx(static, meta)
+    meta.update(metadata or {})
+    model = build_onnx(static, meta, form)
     if check:
         import onnx
 

@@ -15,6 +15,10 @@ from nag.errors import NagError
 
 KINDS = ("onnxruntime", "flops")
 PACKAGED_PROFILES = Path(__file__).resolve().parent / "profiles"
+# ONNX Runtime's graph optimisation levels: the same model ran 9x slower at BASIC than at ALL here.
+GRAPH_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
+                             "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
+MODEL_FORMATS = ("onnx",)
 
 
 class DeviceError(NagError):
@@ -39,6 +43,10 @@ class DeviceProfile:
     rounds: int = 40
     max_noise: float = 0.03  # relative standard error of the median above this flags a measurement
     max_drift: float = 0.04  # a chunk whose anchor architectures moved more than this is measured again
+    # The rest of the runtime contract: a latency budget holds only under the settings it was measured with.
+    graph_optimization: str = "all"
+    model_format: str = "onnx"
+    runtime_version: str = ""  # the ONNX Runtime that measured the profile ("" in profiles that predate it)
 
     def __post_init__(self) -> None:
         problems = []
@@ -50,6 +58,11 @@ class DeviceProfile:
             problems.append("intra_op_threads, batch_size, timed_runs and rounds must be >= 1, warmup_runs >= 0")
         if not self.max_noise > 0 or not self.max_drift > 0:
             problems.append("max_noise and max_drift must be > 0")
+        if self.graph_optimization not in GRAPH_OPTIMIZATION_LEVELS:
+            problems.append(f"graph_optimization {self.graph_optimization!r} must be one of "
+                            f"{list(GRAPH_OPTIMIZATION_LEVELS)}")
+        if self.model_format not in MODEL_FORMATS:
+            problems.append(f"model_format {self.model_format!r} must be one of {list(MODEL_FORMATS)}")
         if problems:
             raise DeviceError(f"device profile {self.name!r} is invalid: " + "; ".join(problems))
 
@@ -57,6 +70,18 @@ class DeviceProfile:
     def unit(self) -> str:
         """The unit of this device's cost: milliseconds, or millions of MACs for the flops pseudo-device."""
         return "MMACs" if self.kind == "flops" else "ms"
+
+    def contract(self) -> dict[str, Any]:
+        """Everything the device's costs depend on: a served model's latency holds only under these settings."""
+        if self.kind == "flops":
+            return {"device": self.name, "cost": "analytic multiply-accumulates (MMACs); no runtime settings"}
+        return {
+            "device": self.name, "runtime": "onnxruntime", "runtime_version": self.runtime_version or "unrecorded",
+            "execution_provider": self.provider,
+            "graph_optimization_level": GRAPH_OPTIMIZATION_LEVELS[self.graph_optimization],
+            "intra_op_threads": self.intra_op_threads, "inter_op_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
+            "batch_size": self.batch_size, "model_format": self.model_format,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,6 +127,31 @@ def packaged_profile(name: str) -> DeviceProfile:
         raise DeviceError(f"unknown device {name!r}; packaged profiles: {sorted(known)} "
                           "(pass --profile-file to describe a new device)")
     return DeviceProfile.load(known[name])
+
+
+def contract_problems(profile: DeviceProfile) -> tuple[list[str], list[str]]:
+    """(errors, warnings) about honouring `profile`'s runtime contract with the ONNX Runtime installed here.
+
+    An error: the execution provider is missing, or the profile was measured with another ONNX Runtime
+    major or minor version (its graph optimisations, hence the latencies, differ between releases).
+    A warning: the profile predates the recorded version."""
+    if profile.kind != "onnxruntime":
+        return [], []
+    import onnxruntime as ort
+
+    errors, warnings = [], []
+    if profile.provider not in ort.get_available_providers():
+        errors.append(f"device {profile.name!r} was measured with {profile.provider}, which this ONNX Runtime "
+                      f"does not have (available: {ort.get_available_providers()})")
+    if not profile.runtime_version:
+        warnings.append(f"device {profile.name!r} does not record the ONNX Runtime version it was measured with; "
+                        f"its budgets assume the one installed here ({ort.__version__}). Re-profile to record it")
+    elif profile.runtime_version.split(".")[:2] != ort.__version__.split(".")[:2]:
+        errors.append(f"device {profile.name!r} was measured with ONNX Runtime {profile.runtime_version}, this is "
+                      f"{ort.__version__}: its latency budgets may not hold. Re-profile the device here "
+                      f"(`nag profile-device --device {profile.name}`), or serve anyway with "
+                      f"--allow-contract-mismatch")
+    return errors, warnings
 
 
 def check_runnable(profile: DeviceProfile) -> None:

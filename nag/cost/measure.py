@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from nag.cost.device import DeviceProfile, check_runnable
+from nag.cost.device import GRAPH_OPTIMIZATION_LEVELS, DeviceProfile, check_runnable
 from nag.space.arch import Architecture, biggest, sample_uniform, smallest
 from nag.space.plan import child_plan, count_macs
 from nag.space.space import SearchSpace
@@ -119,7 +119,8 @@ def session_options(profile: DeviceProfile) -> Any:
     opts.intra_op_num_threads = profile.intra_op_threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                            GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization])
     opts.log_severity_level = 3
     return opts
 
@@ -129,6 +130,26 @@ def open_session(model: bytes, profile: DeviceProfile) -> Any:
 
     providers = [profile.provider] + (["CPUExecutionProvider"] if profile.provider != "CPUExecutionProvider" else [])
     return ort.InferenceSession(model, session_options(profile), providers=providers)
+
+
+def measure_model(model: bytes, profile: DeviceProfile, input_shape: Sequence[int], warmup: int = 10,
+                  runs: int = 40) -> float:
+    """Median latency in ms of one serialised model under `profile`'s runtime contract: a quick check of a
+    served model (tens of milliseconds), not a profile-grade measurement."""
+    from nag.export import INPUT_NAME
+
+    session = open_session(model, profile)
+    channels, height, width = input_shape[-3:]
+    feed = {INPUT_NAME: np.random.default_rng(0).random((profile.batch_size, channels, height, width),
+                                                         dtype=np.float32)}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        session.run(None, feed)
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    return float(np.median(times))
 
 
 def _round_noise(rounds: list[list[float]]) -> float:

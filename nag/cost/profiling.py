@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from nag.artifacts import atomic_write_bytes
 from nag.cost.device import DeviceError, DeviceProfile, check_runnable
 from nag.cost.measure import LatencyMeasurement, measure_latencies
 from nag.cost.metrics import prediction_metrics
@@ -97,11 +98,21 @@ def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfil
     check_runnable(profile)
     folder = device_dir(bundle, profile.name)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / PROFILE_FILE).write_text(profile.to_json())
+    path = folder / MEASUREMENTS_FILE
+    done = read_measurements(path) if path.exists() and profile.kind != "flops" else []
+    if profile.kind == "onnxruntime":
+        import onnxruntime as ort
+
+        if done and profile.runtime_version and profile.runtime_version != ort.__version__:
+            raise DeviceError(f"{path} was measured with ONNX Runtime {profile.runtime_version}, this is "
+                              f"{ort.__version__}: delete it to re-profile the device with this runtime")
+        if done and not profile.runtime_version:
+            log.warning("device %s: the %d measurements already taken do not record their ONNX Runtime version; "
+                        "recording %s", profile.name, len(done), ort.__version__)
+        profile = replace(profile, runtime_version=ort.__version__)  # part of the runtime contract
+    atomic_write_bytes(folder / PROFILE_FILE, profile.to_json().encode())
     if profile.kind == "flops":
         return FitReport(None, {}, 0, 0)
-    path = folder / MEASUREMENTS_FILE
-    done = read_measurements(path) if path.exists() else []
     archs = sample_stratified(space, num_archs, random.Random(seed))
     measured_ids = {m.arch_id for m in done}
     todo = [a for a in archs if a.arch_id not in measured_ids]

@@ -1,6 +1,6 @@
 """Collect (architecture, cost, validation accuracy) triplets for a bundle (`make collect`).
 
-    python -m training.collect_triplets --bundle bundles/default --archs 1000
+    python -m nag.training.collect_triplets --bundle bundles/default --archs 1000
 
 Resumable: triplets are saved every few architectures and measured ids are skipped on restart.
 """

@@ -1,7 +1,7 @@
 """`make demo`: start the server on a bundle, request models for three budgets over gRPC, verify each
 in ONNX Runtime on the test set, print a table, stop the server.
 
-    python -m server.demo --bundle bundles/default
+    python -m nag.server.demo --bundle bundles/default
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from nag.client import channel
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export import INPUT_NAME
+from nag.server.app import RunningServer, ServerOptions
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
-from server.app import RunningServer, ServerOptions
 
 
 def onnx_accuracy(model: bytes, images: np.ndarray, labels: np.ndarray) -> float:

@@ -1,7 +1,7 @@
 """Train the elastic supernet with the BigNAS recipe.
 
-    python -m training.train_supernet --profile demo --out runs/demo
-    torchrun --nproc-per-node 2 -m training.train_supernet --profile tiny --out runs/ddp
+    python -m nag.training.train_supernet --profile demo --out runs/demo
+    torchrun --nproc-per-node 2 -m nag.training.train_supernet --profile tiny --out runs/ddp
 
 Every step is reproducible from (seed, step) alone: the data order of an epoch, the augmentation, the
 children and dropout are all seeded from them, so `--resume` continues bit-for-bit, and every DDP
@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-from nag.artifacts import load_artifact, save_artifact
+from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
 from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
@@ -114,6 +114,7 @@ class SupernetTrainer:
         self.average_from = (floor_start(self.total_steps, cfg.warmup_steps, cfg.decay_fraction)
                              if cfg.average_at_floor else None)
         self.averaged: AveragedModel | None = None
+        self.pending_record: dict[str, Any] | None = None
         self.sampler = uniform_middle
         self.attentive: AttentiveSampler | None = None
         if cfg.middle_sampler.startswith("attentive-"):
@@ -144,6 +145,9 @@ class SupernetTrainer:
                 "model": self.supernet.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "averaged": None if self.averaged is None else self.averaged.state_dict(),
+                # The epoch's log record before its evaluation: a resume after a crash during that
+                # evaluation finishes the record instead of losing it.
+                "pending_record": json.dumps(self.pending_record) if self.pending_record else "",
             },
         )
         log.info("checkpoint written at step %d to %s", self.step, self.checkpoint_path)
@@ -164,6 +168,8 @@ class SupernetTrainer:
             self.averaged = AveragedModel(self.supernet)
             self.averaged.load_state_dict(payload["averaged"])
         self.step = int(payload["step"])
+        pending = payload.get("pending_record") or ""
+        self.pending_record = json.loads(pending) if pending else None
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
 
     # -- one step -------------------------------------------------------------------------------
@@ -244,6 +250,7 @@ class SupernetTrainer:
             log.info("no checkpoint at %s; starting from step 0", self.checkpoint_path)
         stop = StopRequested()
         log_path = self.out / "log.jsonl"
+        self.log_pending_epoch(log_path)  # an epoch whose evaluation a crash interrupted
         started = time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"supernet[{self.cfg.profile}]",
                    disable=not self.dist.is_main, unit="step", dynamic_ncols=True)
@@ -264,22 +271,17 @@ class SupernetTrainer:
                 log.warning("stopped by a signal at step %d; continue with --resume", self.step)
                 return 143
             if self.step % self.steps_per_epoch == 0:
+                self.pending_record = {
+                    "epoch": self.step // self.steps_per_epoch,
+                    "step": self.step,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "train_loss": round(loss_sum / max(1, loss_count), 4),
+                    "elapsed_s": round(time.perf_counter() - started, 1),
+                }
+                if self.attentive is not None:
+                    self.pending_record.update(self.attentive.stats())
                 self.save_checkpoint()
-                if self.dist.is_main:
-                    record = {
-                        "epoch": self.step // self.steps_per_epoch,
-                        "step": self.step,
-                        "lr": self.optimizer.param_groups[0]["lr"],
-                        "train_loss": round(loss_sum / max(1, loss_count), 4),
-                        "elapsed_s": round(time.perf_counter() - started, 1),
-                    }
-                    last_eval = self.evaluate()
-                    record.update(last_eval)
-                    if self.attentive is not None:
-                        record.update(self.attentive.stats())
-                    with log_path.open("a") as fh:
-                        fh.write(json.dumps(record) + "\n")
-                    log.info("epoch %s", record)
+                last_eval = self.log_pending_epoch(log_path)
                 loss_sum, loss_count = 0.0, 0
         bar.close()
         if self.dist.world > 1:
@@ -287,6 +289,31 @@ class SupernetTrainer:
         if self.dist.is_main:
             self.finish(time.perf_counter() - started, last_eval or self.evaluate())
         return 0
+
+    def log_pending_epoch(self, log_path: Path) -> dict[str, float]:
+        """Evaluate and append the pending epoch record to `log_path`, unless it is there already."""
+        record, self.pending_record = self.pending_record, None
+        if record is None or not self.dist.is_main:
+            return {}
+        if log_path.exists():
+            text = log_path.read_text()
+            if text and not text.endswith("\n"):  # a line torn by a crash mid-write: drop it
+                text = text[: text.rfind("\n") + 1]
+                atomic_write_bytes(log_path, text.encode())
+            for line in text.splitlines():
+                try:
+                    if json.loads(line).get("epoch") == record["epoch"]:
+                        return {}
+                except (json.JSONDecodeError, AttributeError):
+                    continue
+        evaluation = self.evaluate()
+        record.update(evaluation)
+        with log_path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        log.info("epoch %s", record)
+        return evaluation
 
     def write_replica_digest(self) -> None:
         """Each DDP rank records a hash of its weights and of the children it trained, to compare replicas."""

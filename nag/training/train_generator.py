@@ -1,6 +1,6 @@
 """Build a whole bundle (`make train-generator`): every missing stage, then the generator.
 
-    python -m training.train_generator --profile default --bundle bundles/default
+    python -m nag.training.train_generator --profile default --bundle bundles/default
 
 Stages, each skipped when its output is already in the bundle: supernet (trained with the same
 profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
@@ -27,6 +27,7 @@ from nag.bundle.bundle import (
     GENERATOR_FILE,
     SPACE_FILE,
     SUPERNET_FILE,
+    read_manifest,
     save_evaluator,
     save_generator,
     write_manifest,
@@ -51,7 +52,7 @@ TRIPLETS_FILE = "triplets.jsonl"
 def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
     if (bundle / SUPERNET_FILE).is_file():
         return
-    from training.train_supernet import main as train_supernet
+    from nag.training.train_supernet import main as train_supernet
 
     log.info("stage 1/5: training the %s supernet in %s", profile, run)
     if train_supernet(["--profile", profile, "--out", str(run), "--resume"]) != 0:
@@ -77,7 +78,7 @@ def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> None:
     path = bundle / TRIPLETS_FILE
     if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
         return
-    from training.collect_triplets import main as collect
+    from nag.training.collect_triplets import main as collect
 
     log.info("stage 3/5: collecting %d triplets", cfg.triplets)
     code = collect(["--bundle", str(bundle), "--archs", str(cfg.triplets), "--val-images",
@@ -147,11 +148,11 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     manifest_path = bundle / "manifest.json"
     if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
             timings["triplets"] < 1.0 and not retrain:
-        return json.loads(manifest_path.read_text())  # nothing was built: the bundle stays as it is
+        return read_manifest(bundle)  # nothing was built: the bundle stays as it is
     metrics["build_seconds"] = timings
     old = {}
     if manifest_path.is_file():
-        old = json.loads(manifest_path.read_text()).get("metrics", {})
+        old = read_manifest(bundle, verify=False)["metrics"]
     merged = {**old, **metrics, "devices": {**old.get("devices", {}), **metrics["devices"]}}
     summary = bundle / "summary.json"
     supernet_summary = json.loads(summary.read_text()) if summary.is_file() else {}

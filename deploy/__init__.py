@@ -1,0 +1,1 @@
+"""Deployment recipes: configs and helpers for running NAG servers (not part of the `nag` package)."""

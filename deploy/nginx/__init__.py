@@ -1,0 +1,1 @@
+"""nginx as a gRPC load balancer in front of several `nag serve` replicas."""

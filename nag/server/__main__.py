@@ -1,0 +1,5 @@
+import sys
+
+from nag.server.app import main
+
+sys.exit(main())

@@ -1,0 +1,421 @@
+"""The ArchitectureGeneratorService servicer: validation, generation, the model cache and metrics."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from nag.bundle.bundle import Bundle
+from nag.core.inference import (
+    MAX_CANDIDATES,
+    BudgetOutOfRangeError,
+    Generated,
+    InvalidBudgetError,
+    generate,
+    resolve_device,
+)
+from nag.core.materialize import SERVING_CALIBRATION_IMAGES, ExportedModel, export_child
+from nag.core.request import BudgetRequest, resolve_request
+from nag.cost.device import DeviceError
+from nag.cost.measure import measure_model
+from nag.export import GraphForm
+from nag.server.cache import ByteLRU
+from nag.server.calibration import Speed, SpeedCalibration, is_local
+from nag.server.metrics import ServerMetrics
+from nag.server.slots import FifoSlots, SlotTimeout
+from nag.v1 import generator_pb2 as pb
+from nag.v1 import generator_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    default_candidates: int = 64
+    max_concurrent: int = 8  # RPCs handled at once; more are answered RESOURCE_EXHAUSTED
+    cache_mb: float = 256.0
+    calibration_images: int = SERVING_CALIBRATION_IMAGES
+    # Generation and export are CPU-bound torch work: running more at once only oversubscribes the
+    # cores and multiplies memory (a 32-client soak peaked at 1.3 GB RSS without this bound).
+    compute_concurrency: int = 1
+    pick_cache_entries: int = 100_000
+    frontier_points: int = 20
+    max_frontier_points: int = 200
+    # One GetFrontier call samples points x candidates architectures; this bounds its work (~2 s on the
+    # default bundle here) so that no call can hold the server for minutes.
+    max_frontier_samples: int = 16384
+    # Portable: right in OpenCV DNN 4.x/5.x and at every ONNX Runtime level, at no measured latency cost
+    # (portable / standard 0.995, geometric mean of 5 children: benchmarks/results/portable_graphs.md).
+    default_graph_form: GraphForm = GraphForm.PORTABLE
+    # Measure picks for local devices under the runtime contract before replying (a request can ask either
+    # way); over the budget, try up to `verification_steps` cheaper picks. Off by default: with it, the
+    # uncached p50 was 413 ms against 176 ms without (benchmarks/results/latency_promise.md), above the
+    # 150 ms bar a default must keep.
+    verify_latency: bool = False
+    verification_steps: int = 3
+    measurement_ttl_s: float = 30.0
+    calibrate_speed: bool = True
+
+
+GRAPH_FORMS = {pb.GRAPH_FORM_STANDARD: GraphForm.STANDARD, pb.GRAPH_FORM_PORTABLE: GraphForm.PORTABLE,
+               pb.GRAPH_FORM_MOBILE: GraphForm.MOBILE}
+GRAPH_FORM_MESSAGES = {form: message for message, form in GRAPH_FORMS.items()}
+SPEED_STEP = 0.05
+# A pick measured over the budget is replaced by one predicted this much below the measured overshoot.
+STEP_DOWN_MARGIN = 0.03
+SERVICE = pb.DESCRIPTOR.services_by_name["ArchitectureGeneratorService"]
+MAX_MESSAGE_CHARS = 1000  # status details travel in HTTP/2 headers: keep them far below gRPC's 8 KB limit
+
+
+class Malformed:
+    """Stands for request bytes that do not parse as the method's message."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+def _tolerant(message: type) -> Callable[[bytes], object]:
+    """A request deserializer that never raises: gRPC answers INTERNAL and logs a traceback for every
+    request its deserializer rejects, so bad bytes become a `Malformed` the handler answers itself."""
+
+    def parse(data: bytes) -> object:
+        try:
+            return message.FromString(data)
+        except Exception as exc:  # DecodeError, and UnicodeDecodeError for invalid UTF-8 in strings
+            return Malformed(exc)
+
+    return parse
+
+
+def add_service(servicer: GeneratorService, server: grpc.Server) -> None:
+    """Register the service's methods with request deserializers that turn bad bytes into INVALID_ARGUMENT."""
+    handlers = {
+        method.name: grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
+            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+        )
+        for method in SERVICE.methods
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE.full_name, handlers),))
+
+
+def _shorten(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "..."
+
+
+_USER_ERRORS: dict[type[Exception], grpc.StatusCode] = {
+    InvalidBudgetError: grpc.StatusCode.INVALID_ARGUMENT,
+    DeviceError: grpc.StatusCode.NOT_FOUND,
+    BudgetOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
+}
+
+
+class RpcError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _architecture_message(g: Generated) -> pb.Architecture:
+    return pb.Architecture(
+        resolution=g.arch.resolution, stem_width=g.arch.stem_width,
+        stages=[pb.Stage(depth=s.depth, width=s.width, kernels=list(s.kernels), expansions=list(s.expansions))
+                for s in g.arch.stages],
+    )
+
+
+class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
+    def __init__(self, config: ServiceConfig, metrics: ServerMetrics):
+        self.config = config
+        self.metrics = metrics
+        self.cache: ByteLRU[ExportedModel] = ByteLRU(int(config.cache_mb * 1e6))
+        # A seeded request is deterministic, so its generated architecture is cached too (by request).
+        self.picks: ByteLRU[Generated] = ByteLRU(config.pick_cache_entries)
+        self._slots = threading.BoundedSemaphore(config.max_concurrent)
+        self._compute = FifoSlots(config.compute_concurrency)
+        self.draining = threading.Event()
+        self._bundle: Bundle | None = None
+        self.input_shape: list[int] = []
+        self._active = 0
+        self._idle = threading.Condition()
+        self.measured: ByteLRU[tuple[float, float]] = ByteLRU(4096)  # latency, when measured
+        self.local_devices: set[str] = set()
+        self.calibration: SpeedCalibration | None = None
+
+    def attach(self, bundle: Bundle, calibration: SpeedCalibration | None = None) -> None:
+        """Start answering with `bundle` (until then every RPC gets UNAVAILABLE)."""
+        space = bundle.space
+        self.input_shape = [-1, space.input.channels, space.input.size, space.input.size]
+        self.local_devices = {name for name, m in bundle.devices.items() if is_local(m.device.profile)}
+        self.calibration = calibration
+        self._bundle = bundle
+
+    def speed(self, device: str) -> float:
+        """The speed picks for `device` use: the calibrated one rounded up to a step of `SPEED_STEP` (1.0 when
+        not calibrated). Rounding keeps seeded picks reproducible across calibrations that differ by noise
+        (a few percent), and rounding up errs on the side of the budget."""
+        measured = self.calibration.speed(device) if self.calibration is not None else None
+        if measured is None:
+            return 1.0
+        return max(SPEED_STEP, math.ceil(measured.value / SPEED_STEP - 1e-9) * SPEED_STEP)
+
+    def _speed_record(self, device: str) -> Speed | None:
+        return self.calibration.speed(device) if self.calibration is not None else None
+
+    def is_idle(self) -> bool:
+        with self._idle:
+            return self._active == 0
+
+    @contextmanager
+    def holding_compute(self) -> Iterator[None]:
+        with self._compute.hold():
+            yield
+
+    @property
+    def bundle(self) -> Bundle:
+        if self._bundle is None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly")
+        return self._bundle
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no RPC is being handled (True) or `timeout` seconds have passed (False)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    @contextmanager
+    def _rpc(self, method: str, request: object, context: grpc.ServicerContext) -> Iterator[None]:
+        """Admission control, metrics and the mapping of errors to status codes for one RPC."""
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
+        if self.draining.is_set() or self._bundle is None:
+            code = grpc.StatusCode.UNAVAILABLE
+            self.metrics.requests.labels(method, code.name).inc()
+            context.abort(code, "the server is shutting down; retry on another replica" if self.draining.is_set()
+                          else "the server is still loading its bundle; retry shortly")
+        if not self._slots.acquire(blocking=False):
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED
+            self.metrics.rejected.inc()
+            self.metrics.requests.labels(method, code.name).inc()
+            context.abort(code, f"the server is busy ({self.config.max_concurrent} requests in flight); retry later")
+        self.metrics.in_flight.inc()
+        with self._idle:
+            self._active += 1
+        message = ""
+        try:
+            if isinstance(request, Malformed):
+                raise InvalidBudgetError(f"the request is not a valid {method}Request message")
+            yield
+        except RpcError as exc:
+            code, message = exc.code, exc.message
+        except (InvalidBudgetError, DeviceError, BudgetOutOfRangeError) as exc:
+            code = next(c for kind, c in _USER_ERRORS.items() if isinstance(exc, kind))
+            message = str(exc)
+        except Exception as exc:  # anything else is our bug: log it, answer INTERNAL, keep serving
+            code = grpc.StatusCode.INTERNAL
+            log.exception("%s failed", method)
+            message = f"internal error: {type(exc).__name__}: {exc}"
+        finally:
+            self.metrics.in_flight.dec()
+            self._slots.release()
+            self.metrics.requests.labels(method, code.name).inc()
+            self.metrics.latency.labels(method).observe(time.perf_counter() - started)
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+        if code != grpc.StatusCode.OK:
+            context.abort(code, _shorten(message))
+
+    @contextmanager
+    def _computing(self, context: grpc.ServicerContext, stage: str) -> Iterator[None]:
+        """Hold the compute slot (in arrival order) for one unit of work, within the call's deadline."""
+        self._check_deadline(context, stage)
+        try:
+            with self._compute.hold(context.time_remaining()):
+                yield
+        except SlotTimeout:
+            raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded waiting to run {stage}") from None
+
+    @staticmethod
+    def _check_deadline(context: grpc.ServicerContext, stage: str) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise RpcError(grpc.StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded before {stage}")
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        self.metrics.stage.labels(stage).observe(seconds)
+
+    # -- RPCs -----------------------------------------------------------------------------------
+
+    def GenerateForBudget(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext
+                          ) -> pb.GenerateForBudgetResponse:
+        with self._rpc("GenerateForBudget", request, context):
+            return self._generate(request, context)
+        raise AssertionError("unreachable")  # context.abort raised after _rpc
+
+    def _pick(self, req: BudgetRequest, budget: float, context: grpc.ServicerContext) -> tuple[Generated, bool]:
+        """The generator's pick for `budget` (the pick cache serves seeded requests); True if it was generated."""
+        key = f"{req.device}|{budget!r}|{req.candidates}|{req.seed}"
+        g = self.picks.get(key) if req.seed is not None else None
+        if g is not None:
+            return g, False
+        with self._computing(context, "generation"):
+            g = generate(self.bundle, budget, req.device, candidates=req.candidates, seed=req.seed)
+        self._observe("sample", g.timings["sample"])
+        self._observe("choose", g.timings["choose"])
+        if req.seed is not None:
+            self.picks.put(key, g, 1)
+        return g, True
+
+    def _export(self, g: Generated, form: GraphForm, contract: str, context: grpc.ServicerContext
+                ) -> tuple[ExportedModel, bool]:
+        """The pick's ONNX model in `form` (from the model cache when there); True if it came from the cache."""
+        cache_key = f"{g.device}|{form.value}|{g.arch.arch_id}"
+        exported = self.cache.get(cache_key)
+        if exported is not None:
+            self.metrics.cache_hits.inc()
+            return exported, True
+        self.metrics.cache_misses.inc()
+        with self._computing(context, "export"):
+            exported = self.cache.get(cache_key) or export_child(
+                self.bundle, g.arch, self.config.calibration_images, form=form,
+                metadata={"nag.device": g.device, "nag.runtime_contract": contract})
+        for stage, seconds in exported.timings.items():
+            self._observe(stage, seconds)
+        self.cache.put(cache_key, exported, len(exported.onnx))
+        self.metrics.cache_bytes.set(self.cache.bytes)
+        return exported, False
+
+    def _measure(self, exported: ExportedModel, req: BudgetRequest, context: grpc.ServicerContext) -> float:
+        """The model's median latency under the device's contract, measured now (reused for a few seconds)."""
+        key = f"{req.device}|{exported.sha256}"
+        recent = self.measured.get(key)
+        if recent is not None and time.monotonic() - recent[1] < self.config.measurement_ttl_s:
+            return recent[0]
+        with self._computing(context, "latency verification"):
+            started = time.perf_counter()
+            latency = measure_model(exported.onnx, req.models.device.profile, self.input_shape)
+        self._observe("verify", time.perf_counter() - started)
+        self.measured.put(key, (latency, time.monotonic()), 1)
+        return latency
+
+    def _generate(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext
+                  ) -> pb.GenerateForBudgetResponse:
+        started = time.perf_counter()
+        which = request.WhichOneof("budget")
+        if which is None:
+            raise InvalidBudgetError("the request has no budget: set latency_ms or macs")
+        req = resolve_request(
+            self.bundle, latency_ms=request.latency_ms if which == "latency_ms" else None,
+            macs=request.macs if which == "macs" else None, device=request.device or None,
+            candidates=request.candidates, seed=request.seed if request.HasField("seed") else None,
+            default_candidates=self.config.default_candidates)
+        form = GRAPH_FORMS.get(request.graph_form, self.config.default_graph_form)
+        contract = json.dumps(req.models.device.profile.contract(), sort_keys=True)
+        local = req.device in self.local_devices
+        speed = self.speed(req.device)
+        verify = local and (request.verify_latency if request.HasField("verify_latency")
+                            else self.config.verify_latency)
+        # The predictor speaks the profile's speed: a machine `speed` times slower now needs `budget / speed`.
+        budget = max(req.budget / speed, req.models.min_cost)
+        timings = {"sample": 0.0, "choose": 0.0, "slice": 0.0, "calibrate": 0.0, "export": 0.0, "verify": 0.0}
+        measured, steps, cached = 0.0, 0, False
+        while True:
+            g, generated = self._pick(req, budget, context)
+            if generated:
+                timings["sample"] += g.timings["sample"]
+                timings["choose"] += g.timings["choose"]
+            exported, cached = self._export(g, form, contract, context)
+            if not cached:
+                for stage, seconds in exported.timings.items():
+                    timings[stage] += seconds
+            if not verify:
+                break
+            t = time.perf_counter()
+            measured = self._measure(exported, req, context)
+            timings["verify"] += time.perf_counter() - t
+            over = measured > req.budget
+            self.metrics.verified.labels(req.device, "over" if over else "within").inc()
+            # Over the budget: ask for a pick whose predicted cost is lower by the measured overshoot.
+            lower = g.predicted_cost * (req.budget / measured) * (1.0 - STEP_DOWN_MARGIN) if over else 0.0
+            if not over or steps >= self.config.verification_steps or lower < req.models.min_cost:
+                break
+            budget, steps = lower, steps + 1
+        self.metrics.model_bytes.inc(len(exported.onnx))
+        return pb.GenerateForBudgetResponse(
+            onnx_model=exported.onnx, onnx_sha256=exported.sha256, architecture=_architecture_message(g),
+            architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=self.input_shape,
+            device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost, target_budget=g.target,
+            predicted_latency_ms=g.predicted_cost if g.unit == "ms" else 0.0,
+            predicted_accuracy=g.predicted_accuracy, macs=g.macs, params=g.params,
+            timings=pb.StageTimings(sample_ms=1e3 * timings["sample"], choose_ms=1e3 * timings["choose"],
+                                    slice_ms=1e3 * timings["slice"], calibrate_ms=1e3 * timings["calibrate"],
+                                    export_ms=1e3 * timings["export"], verify_ms=1e3 * timings["verify"],
+                                    total_ms=1e3 * (time.perf_counter() - started)),
+            cached=cached, bundle_id=self.bundle.bundle_id, seed=g.seed, class_names=self.bundle.classes or [],
+            runtime_contract_json=contract, graph_form=GRAPH_FORM_MESSAGES[form], measured_latency_ms=measured,
+            latency_verified=verify, device_speed=speed, verification_steps=steps,
+        )
+
+    def ListDevices(self, request: pb.ListDevicesRequest, context: grpc.ServicerContext) -> pb.ListDevicesResponse:
+        with self._rpc("ListDevices", request, context):
+            devices = []
+            for name, m in sorted(self.bundle.devices.items()):
+                p = m.device.profile
+                contract = p.contract()
+                kind = pb.DEVICE_KIND_FLOPS if p.kind == "flops" else pb.DEVICE_KIND_ONNXRUNTIME
+                devices.append(pb.Device(
+                    name=name, kind=kind, description=p.description,
+                    execution_provider=p.provider if p.kind != "flops" else "", intra_op_threads=p.intra_op_threads,
+                    batch_size=p.batch_size, cost_unit=p.unit, min_cost=m.min_cost, max_cost=m.device.cost_range[1],
+                    budgets=[float(b) for b in m.generator.budget.budgets],
+                    runtime_version=contract.get("runtime_version", ""),
+                    graph_optimization_level=contract.get("graph_optimization_level", ""),
+                    model_format=contract.get("model_format", ""),
+                    runtime_contract_json=json.dumps(contract, sort_keys=True),
+                    speed=measured.value if (measured := self._speed_record(name)) else 1.0,
+                    local=name in self.local_devices,
+                    speed_measured_unix=measured.measured_at if measured else 0.0,
+                ))
+            return pb.ListDevicesResponse(devices=devices, default_device=self.bundle.default_device,
+                                          bundle_id=self.bundle.bundle_id)
+        raise AssertionError("unreachable")  # context.abort raised after _rpc
+
+    def GetFrontier(self, request: pb.GetFrontierRequest, context: grpc.ServicerContext) -> pb.GetFrontierResponse:
+        with self._rpc("GetFrontier", request, context):
+            models = resolve_device(self.bundle, request.device or None)
+            points = request.points or self.config.frontier_points
+            if not 2 <= points <= self.config.max_frontier_points:
+                raise InvalidBudgetError(f"points must lie in [2, {self.config.max_frontier_points}], got {points}")
+            candidates = request.candidates or self.config.default_candidates
+            if candidates > MAX_CANDIDATES:
+                raise InvalidBudgetError(f"candidates must lie in [1, {MAX_CANDIDATES}], got {candidates}")
+            if points * candidates > self.config.max_frontier_samples:
+                raise InvalidBudgetError(
+                    f"points x candidates must be at most {self.config.max_frontier_samples} per call, got "
+                    f"{points} x {candidates} = {points * candidates}; ask for fewer, or split the range over calls")
+            seed = request.seed if request.HasField("seed") else 0
+            lo, hi = models.min_cost, max(models.device.cost_range[1], models.min_cost * 1.01)
+            out = []
+            for budget in np.linspace(lo * 1.001, hi, points):
+                with self._computing(context, "the next frontier point"):
+                    g = generate(self.bundle, float(budget), models.name, candidates=candidates, seed=seed)
+                out.append(pb.FrontierPoint(budget=float(budget), architecture_json=g.arch.to_json(),
+                                            architecture_id=g.arch.arch_id, predicted_cost=g.predicted_cost,
+                                            predicted_accuracy=g.predicted_accuracy, macs=g.macs))
+            return pb.GetFrontierResponse(device=models.name, cost_unit=models.device.unit, points=out)
+        raise AssertionError("unreachable")  # context.abort raised after _rpc

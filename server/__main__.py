@@ -1,5 +1,0 @@
-import sys
-
-from server.app import main
-
-sys.exit(main())
