@@ -242,7 +242,7 @@ def test_cli_generate_remote_and_local(server: RunningServer, tiny_bundle: Path,
 
 
 def test_client_deadline_is_reported(stub) -> None:  # type: ignore[no-untyped-def]
-    code, _ = _code(lambda: stub.GetFrontier(pb.GetFrontierRequest(points=100, candidates=128), timeout=0.05))
+    code, _ = _code(lambda: stub.GetFrontier(pb.GetFrontierRequest(points=200, candidates=64), timeout=0.001))
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
