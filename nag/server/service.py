@@ -153,6 +153,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         self._idle = threading.Condition()
         self.measured: ByteLRU[tuple[float, float]] = ByteLRU(4096)  # latency, when measured
         self.local_devices: set[str] = set()
+        self.contracts: dict[str, str] = {}
         self.calibration: SpeedCalibration | None = None
 
     def attach(self, bundle: Bundle, calibration: SpeedCalibration | None = None) -> None:
@@ -160,6 +161,9 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         space = bundle.space
         self.input_shape = [-1, space.input.channels, space.input.size, space.input.size]
         self.local_devices = {name for name, m in bundle.devices.items() if is_local(m.device.profile)}
+        # Each device's runtime contract as served (reply and model metadata): built once, not per request.
+        self.contracts = {name: json.dumps(m.device.profile.contract(), sort_keys=True)
+                          for name, m in bundle.devices.items()}
         self.calibration = calibration
         self._bundle = bundle
 
@@ -167,7 +171,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         """The speed picks for `device` use: the calibrated one rounded up to a step of `SPEED_STEP` (1.0 when
         not calibrated). Rounding keeps seeded picks reproducible across calibrations that differ by noise
         (a few percent), and rounding up errs on the side of the budget."""
-        measured = self.calibration.speed(device) if self.calibration is not None else None
+        measured = self._speed_record(device)
         if measured is None:
             return 1.0
         return max(SPEED_STEP, math.ceil(measured.value / SPEED_STEP - 1e-9) * SPEED_STEP)
@@ -325,7 +329,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             candidates=request.candidates, seed=request.seed if request.HasField("seed") else None,
             default_candidates=self.config.default_candidates)
         form = GRAPH_FORMS.get(request.graph_form, self.config.default_graph_form)
-        contract = json.dumps(req.models.device.profile.contract(), sort_keys=True)
+        contract = self.contracts[req.device]
         local = req.device in self.local_devices
         speed = self.speed(req.device)
         verify = local and (request.verify_latency if request.HasField("verify_latency")
