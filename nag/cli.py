@@ -4,34 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 from nag import installed_version
 from nag.errors import NagError
-from nag.space import Architecture, SearchSpace
+from nag.space import resolve_arch
 
 
 def _cmd_train_supernet(rest: list[str]) -> int:
     from nag.training.train_supernet import main as train_main
 
     return train_main(rest)
-
-
-def _resolve_arch(spec: str, space: SearchSpace, seed: int) -> Architecture:
-    from nag.space import biggest, sample_uniform, smallest
-
-    if spec == "biggest":
-        return biggest(space)
-    if spec == "smallest":
-        return smallest(space)
-    if spec == "random":
-        return sample_uniform(space, random.Random(seed))
-    path = Path(spec)
-    text = path.read_text() if path.suffix == ".json" and path.is_file() else spec
-    return Architecture.from_json(text, space)
 
 
 def _cmd_export_child(args: argparse.Namespace) -> int:
@@ -44,7 +29,7 @@ def _cmd_export_child(args: argparse.Namespace) -> int:
 
     trained = load_supernet(args.supernet)
     space = trained.supernet.space
-    arch = _resolve_arch(args.arch, space, args.seed)
+    arch = resolve_arch(args.arch, space, args.seed)
     started = time.perf_counter()
     static = child(trained.supernet, arch, trained.calibration_float)
     sliced = time.perf_counter()

@@ -244,3 +244,20 @@ def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, prob: flo
                 new[pos + 1] = rng.randrange(len(spec.expansions))
             pos += 2
     return from_tokens(new, space)
+
+
+def resolve_arch(spec: str, space: SearchSpace, seed: int = 0) -> Architecture:
+    """`biggest`, `smallest`, `random` (seeded), a path to an architecture's `.json` file, or its JSON."""
+    from pathlib import Path
+
+    if spec == "biggest":
+        return biggest(space)
+    if spec == "smallest":
+        return smallest(space)
+    if spec == "random":
+        return sample_uniform(space, random.Random(seed))
+    path = Path(spec)
+    if path.suffix == ".json" and not path.is_file():
+        raise ArchitectureError(f"{spec} is no architecture file")
+    return Architecture.from_json(path.read_text() if path.suffix == ".json" else spec, space)
+

@@ -15,7 +15,7 @@ from nag.data.datasets import ImageSet
 from nag.export import INPUT_NAME, build_onnx
 from nag.space.arch import Architecture
 from nag.supernet.model import Supernet
-from nag.supernet.static import child
+from nag.supernet.static import calibrate_bn, child
 
 
 def onnx_predictions(model: bytes, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
@@ -47,3 +47,18 @@ def child_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Te
     """Accuracy (%) on `data` of child `arch`, sliced and BN re-calibrated on `calibration` (float images)."""
     correct = child_correct(supernet, arch, calibration, data, batch_size, calib_batch)
     return 100.0 * int(correct.sum()) / max(1, len(data))
+
+
+@torch.no_grad()
+def torch_child_accuracy(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,
+                         device: torch.device, batch_size: int = 1000, calib_batch: int = 250) -> float:
+    """`child_accuracy` computed by the sliced PyTorch child on `device` (a GPU while training there)
+    instead of ONNX Runtime on the CPU; the same up to float rounding."""
+    static = child(supernet, arch, None).to(device)
+    calibrate_bn(static, calibration.to(device), calib_batch)
+    correct = 0
+    for start in range(0, len(data), batch_size):
+        images = data.as_float(slice(start, start + batch_size)).to(device)
+        predicted = static(images).argmax(1).cpu()
+        correct += int((predicted == data.labels[start : start + batch_size]).sum())
+    return 100.0 * correct / max(1, len(data))

@@ -38,7 +38,7 @@ def save_supernet(path: str | Path, supernet: Supernet, calibration_images: torc
             "kind": "supernet",
             "format": FORMAT,
             "space": supernet.space.to_json(),
-            "state": supernet.state_dict(),
+            "state": {name: tensor.detach().cpu() for name, tensor in supernet.state_dict().items()},
             "calibration_images": calibration_images.contiguous(),
             "meta": json.dumps(meta, sort_keys=True),
         },

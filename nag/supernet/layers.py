@@ -33,21 +33,46 @@ class ElasticConv(nn.Module):
 
 
 class ElasticDepthwiseConv(nn.Module):
-    """Depthwise convolution; channels follow x, the kernel is the centre crop of the largest one."""
+    """Depthwise convolution; channels follow x, a smaller kernel comes from the next larger one.
 
-    def __init__(self, max_channels: int, max_kernel: int, stride: int):
+    A kernel of size k is the centre crop of the next larger kernel's (transformed) weights, passed
+    through a k²×k² matrix shared by the layer's channels (OFA's elastic kernel, section 3.2): the
+    small kernels get weights of their own instead of reusing the large kernel's centre as is. The
+    matrices start as the identity (a plain centre crop) and are frozen there unless the training
+    recipe lets them learn (`kernel_transform`).
+    """
+
+    def __init__(self, max_channels: int, kernels: tuple[int, ...] | list[int], stride: int):
         super().__init__()
-        self.max_kernel = max_kernel
+        self.kernels = tuple(sorted(set(kernels), reverse=True))
+        self.max_kernel = self.kernels[0]
         self.stride = stride
-        self.weight = nn.Parameter(torch.empty(max_channels, 1, max_kernel, max_kernel))
+        self.weight = nn.Parameter(torch.empty(max_channels, 1, self.max_kernel, self.max_kernel))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.kernel_transforms = nn.ParameterList(nn.Parameter(torch.eye(k * k)) for k in self.kernels[1:])
 
     def active_weight(self, channels: int, kernel: int) -> torch.Tensor:
-        start = (self.max_kernel - kernel) // 2
-        return self.weight[:channels, :, start : start + kernel, start : start + kernel]
+        if kernel not in self.kernels:
+            raise ValueError(f"kernel {kernel} is not one of {list(self.kernels)}")
+        weight = self.weight[:channels]
+        size = self.max_kernel
+        for smaller, transform in zip(self.kernels[1:], self.kernel_transforms, strict=True):
+            if size == kernel:
+                break
+            start = (size - smaller) // 2
+            crop = weight[:, :, start : start + smaller, start : start + smaller]
+            weight = (crop.reshape(channels, smaller * smaller) @ transform).reshape(channels, 1, smaller, smaller)
+            size = smaller
+        return weight
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         return F.conv2d(x, self.active_weight(x.shape[1], kernel), None, self.stride, kernel // 2, 1, x.shape[1])
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:  # type: ignore[override]
+        # Supernets trained before the elastic kernel carry no matrices: theirs are the identity.
+        for i, k in enumerate(self.kernels[1:]):
+            state_dict.setdefault(f"{prefix}kernel_transforms.{i}", torch.eye(k * k))
+        super()._load_from_state_dict(state_dict, prefix, *args)  # type: ignore[arg-type]
 
 
 class ElasticBatchNorm(nn.Module):

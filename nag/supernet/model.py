@@ -26,7 +26,7 @@ def preprocess(x: torch.Tensor, resolution: int, mean: torch.Tensor, std: torch.
 class ElasticMBConv(nn.Module):
     """Inverted residual block: expand 1x1, depthwise kxk, optional SE, project 1x1, plus shortcut."""
 
-    def __init__(self, max_in: int, max_out: int, max_expansion: int, max_kernel: int, stride: int,
+    def __init__(self, max_in: int, max_out: int, max_expansion: int, kernels: tuple[int, ...], stride: int,
                  se: bool, act: str, shortcut_conv: bool):
         super().__init__()
         max_mid = max_in * max_expansion
@@ -34,7 +34,7 @@ class ElasticMBConv(nn.Module):
         self.stride = stride
         self.expand = ElasticConv(max_in, max_mid)
         self.expand_bn = ElasticBatchNorm(max_mid)
-        self.depthwise = ElasticDepthwiseConv(max_mid, max_kernel, stride)
+        self.depthwise = ElasticDepthwiseConv(max_mid, kernels, stride)
         self.depthwise_bn = ElasticBatchNorm(max_mid)
         self.se_reduce = ElasticConv(max_mid, se_width(max_mid), bias=True) if se else None
         self.se_expand = ElasticConv(se_width(max_mid), max_mid, bias=True) if se else None
@@ -80,7 +80,7 @@ class Supernet(nn.Module):
                         max_in=c_in,
                         max_out=spec.max_width,
                         max_expansion=spec.max_expansion,
-                        max_kernel=spec.max_kernel,
+                        kernels=spec.kernels,
                         stride=spec.stride if j == 0 else 1,
                         se=spec.se,
                         act=spec.act,
@@ -109,6 +109,10 @@ class Supernet(nn.Module):
         if dropout and self.space.dropout > 0:
             x = F.dropout(x, self.space.dropout, training=True)
         return self.classifier(x)
+
+    def kernel_transforms(self) -> list[nn.Parameter]:
+        """The elastic-kernel matrices of every depthwise layer (identity: plain centre crops)."""
+        return [p for name, p in self.named_parameters() if ".kernel_transforms." in name]
 
     def batchnorms(self) -> Iterator[ElasticBatchNorm]:
         return (m for m in self.modules() if isinstance(m, ElasticBatchNorm))

@@ -44,7 +44,8 @@ class SandwichObjective(nn.Module):
         self.supernet = supernet
         self.label_smoothing = label_smoothing
         self.weight_decay = weight_decay
-        self._decayed = [p for name, p in supernet.named_parameters() if p.dim() > 1 and "bn" not in name]
+        self._decayed = [p for name, p in supernet.named_parameters() if p.dim() > 1 and "bn" not in name
+                         and ".kernel_transforms." not in name]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, children: list[Architecture]) -> torch.Tensor:
         teacher_logits = self.supernet(images, children[0], dropout=True)

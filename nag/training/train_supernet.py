@@ -33,14 +33,15 @@ from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
 from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
-from nag.space import Architecture, biggest, load_space, smallest
+from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
 from nag.space.space import SearchSpace
-from nag.supernet.evaluate import child_accuracy
+from nag.supernet.evaluate import child_accuracy, torch_child_accuracy
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler
 from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_middle
 from nag.train.schedule import floor_start, lr_at
+from nag.train.stratified import StratifiedSampler
 
 log = logging.getLogger("nag.train")
 CHECKPOINT_FORMAT = 1
@@ -56,12 +57,24 @@ class Distributed:
         return self.rank == 0
 
 
-def setup_distributed() -> Distributed:
+def setup_distributed(device: torch.device) -> Distributed:
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return Distributed()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def to_cpu(value: Any) -> Any:
+    """`value` with every tensor in it moved to the CPU: checkpoints load on machines without a GPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(to_cpu(v) for v in value)
+    return value
 
 
 def step_seed(cfg: SupernetTrainConfig, step: int, stream: int) -> int:
@@ -85,10 +98,12 @@ class StopRequested:
 
 
 class SupernetTrainer:
-    def __init__(self, cfg: SupernetTrainConfig, out: Path, dist_info: Distributed):
+    def __init__(self, cfg: SupernetTrainConfig, out: Path, dist_info: Distributed,
+                 device: torch.device | None = None):
         self.cfg = cfg
         self.out = out
         self.dist = dist_info
+        self.device = device or torch.device("cpu")
         self.space: SearchSpace = load_space(cfg.space_path)
         self.splits: DataSplits = load_splits(cfg.data, cfg.val_size, cfg.seed, self.space.input.size,
                                               self.space.input.channels)
@@ -99,7 +114,9 @@ class SupernetTrainer:
         calib_index = epoch_order(cfg, -2, len(self.splits.train))[: cfg.calib_size].sort().values
         self.calibration_images = self.splits.train.images[calib_index].clone()
         torch.manual_seed(cfg.seed)
-        self.supernet = Supernet(self.space)
+        self.supernet = Supernet(self.space).to(self.device)
+        for matrix in self.supernet.kernel_transforms():
+            matrix.requires_grad_(cfg.kernel_transform)
         self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay)
         self.model: torch.nn.Module = (
             DistributedDataParallel(self.objective) if dist_info.world > 1 else self.objective
@@ -115,15 +132,19 @@ class SupernetTrainer:
                              if cfg.average_at_floor else None)
         self.averaged: AveragedModel | None = None
         self.pending_record: dict[str, Any] | None = None
-        self.sampler = uniform_middle
+        self.sampler = StratifiedSampler(self.space, cfg.seed) if cfg.middle_sampler == "stratified" else uniform_middle
         self.attentive: AttentiveSampler | None = None
         if cfg.middle_sampler.startswith("attentive-"):
             self.attentive = AttentiveSampler(self.supernet, self.space, cfg.middle_sampler.removeprefix("attentive-"),
                                               cfg.attentive_candidates, cfg.attentive_proxy, cfg.attentive_predictor,
                                               cfg.seed)
         # Standalone baselines train one fixed child instead of the sandwich.
-        fixed = {"biggest-only": ("biggest", biggest), "smallest-only": ("smallest", smallest)}.get(cfg.train_mode)
-        self.fixed_child: tuple[str, Architecture] | None = None if fixed is None else (fixed[0], fixed[1](self.space))
+        self.fixed_child: tuple[str, Architecture] | None = None
+        if cfg.train_mode == "fixed" and cfg.fixed_arch is not None:
+            self.fixed_child = ("fixed", resolve_arch(cfg.fixed_arch, self.space))
+        elif cfg.train_mode in ("biggest-only", "smallest-only"):
+            name = cfg.train_mode.removesuffix("-only")
+            self.fixed_child = (name, (biggest if name == "biggest" else smallest)(self.space))
         self.children_seen: list[list[str]] = []  # arch ids per step of this run (for replica checks)
 
     # -- checkpoints ----------------------------------------------------------------------------
@@ -142,9 +163,9 @@ class SupernetTrainer:
                 "config": self.cfg.to_json(),
                 "world": self.dist.world,
                 "step": self.step,
-                "model": self.supernet.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "averaged": None if self.averaged is None else self.averaged.state_dict(),
+                "model": to_cpu(self.supernet.state_dict()),
+                "optimizer": to_cpu(self.optimizer.state_dict()),
+                "averaged": None if self.averaged is None else to_cpu(self.averaged.state_dict()),
                 # The epoch's log record before its evaluation: a resume after a crash during that
                 # evaluation finishes the record instead of losing it.
                 "pending_record": json.dumps(self.pending_record) if self.pending_record else "",
@@ -180,7 +201,8 @@ class SupernetTrainer:
         index = order[start : start + self.cfg.batch_size]
         gen = torch.Generator().manual_seed(step_seed(self.cfg, step, 0) * 64 + self.dist.rank)
         images = random_crop_flip(self.train.images[index], self.cfg.crop_pad, self.cfg.flip, gen)
-        return images, self.train.labels[index]
+        labels = self.train.labels[index]
+        return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -233,9 +255,12 @@ class SupernetTrainer:
         result = {}
         for suffix, supernet in weights.items():
             for name, arch in children.items():
-                result[f"test_acc_{name}{suffix}"] = round(
-                    child_accuracy(supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch), 3
-                )
+                if self.device.type == "cpu":
+                    acc = child_accuracy(supernet, arch, calib, test, self.cfg.eval_batch, self.cfg.calib_batch)
+                else:
+                    acc = torch_child_accuracy(supernet, arch, calib, test, self.device, self.cfg.eval_batch,
+                                               self.cfg.calib_batch)
+                result[f"test_acc_{name}{suffix}"] = round(acc, 3)
         if self.averaged is not None:
             result["averaged_steps"] = int(self.averaged.n_averaged)
         self.supernet.train()
@@ -320,7 +345,7 @@ class SupernetTrainer:
         weights = hashlib.sha256()
         for name, tensor in sorted(self.supernet.state_dict().items()):
             weights.update(name.encode())
-            weights.update(tensor.detach().contiguous().numpy().tobytes())
+            weights.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         record = {"rank": self.dist.rank, "step": self.step, "weights_sha256": weights.hexdigest(),
                   "children": self.children_seen}
         (self.out / f"replica_{self.dist.rank}.json").write_text(json.dumps(record) + "\n")
@@ -344,12 +369,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int)
     p.add_argument("--train-mode", choices=TRAIN_MODES,
                    help="sandwich (BigNAS) or one fixed child trained alone (baseline)")
+    p.add_argument("--arch", help="train this one child alone (the standalone baseline): biggest, smallest, "
+                                  "an architecture's JSON or a .json file holding it")
+    p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
+                   help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
+    p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
     p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
                    help="how the two middle children of each sandwich step are chosen (default: uniform)")
     p.add_argument("--attentive-candidates", type=int, help="k candidates per attentive draw (default 3)")
     p.add_argument("--average-at-floor", action="store_true", default=None,
                    help="ship the average of the weights over the constant-LR ending (stochastic weight averaging)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (a GPU); the recipe and results do not depend on it")
     p.add_argument("--space", dest="space_path", help="search space JSON (default: the packaged one)")
     p.add_argument("--data-kind", choices=["fashion-mnist", "idx", "folder"])
     p.add_argument("--data-root", help="folder of the data set")
@@ -361,7 +392,14 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                space_path=args.space_path, train_mode=args.train_mode,
                                                middle_sampler=args.middle_sampler,
                                                attentive_candidates=args.attentive_candidates,
-                                               average_at_floor=args.average_at_floor)
+                                               average_at_floor=args.average_at_floor,
+                                               kernel_transform=args.kernel_transform,
+                                               num_middle_children=args.num_middle_children)
+    if args.arch is not None:
+        if args.train_mode not in (None, "fixed"):
+            raise NagError(f"--arch trains one fixed child; it does not combine with --train-mode {args.train_mode}")
+        arch = resolve_arch(args.arch, load_space(cfg.space_path))
+        cfg = cfg.with_overrides(train_mode="fixed", fixed_arch=arch.to_json())
     if args.data_kind or args.data_root:
         from nag.data import DataSource
 
@@ -370,15 +408,32 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
     return cfg
 
 
+def training_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NagError(f"--device {name!r} is not a device (cpu or cuda)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NagError("--device cuda: this machine has no GPU that PyTorch can use")
+        # Full float32 convolutions and products, as on the CPU: TF32 would change the recipe's numerics.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    elif device.type != "cpu":
+        raise NagError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-        dist_info = setup_distributed()
+        device = training_device(args.device)
+        dist_info = setup_distributed(device)
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // dist_info.world))
         out = args.out or Path("runs") / cfg.profile
-        code = SupernetTrainer(cfg, out, dist_info).run(args.resume)
+        code = SupernetTrainer(cfg, out, dist_info, device).run(args.resume)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
