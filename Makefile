@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PHONY_TARGETS := proto collect train-generator serve bench-generator bench-server bench-frontier bench-frontier-goal
-.PHONY: $(PHONY_TARGETS) setup data test test-deps lint train-supernet profile-device demo bench-supernet bench-standalone bench-latency clean
+.PHONY: $(PHONY_TARGETS) setup data test test-deps lint train-supernet profile-device demo bench-supernet bench-standalone bench-recipe bench-latency clean
 
 setup: .venv/.installed data proto
 
@@ -77,9 +77,15 @@ bench-supernet: setup
 	$(PY) -m benchmarks.supernet_frontier --supernet bundles/default/supernet.pt
 	$(PY) -m benchmarks.train_throughput
 
-# About 30 minutes: the biggest and smallest children trained alone for the default profile's epochs.
+# The biggest, the smallest and the server's picks at 25/50/75% of the cpu range, each trained alone for
+# the supernet's epochs (two at a time, one thread each: hours on 2 cores) vs sliced out of the supernet.
 bench-standalone: setup
-	$(PY) -m benchmarks.supernet_vs_standalone --supernet bundles/default/supernet.pt --profile default
+	$(PY) -m benchmarks.supernet_vs_standalone --supernet bundles/default/supernet.pt --standard
+
+# The supernet recipe study: each lever on a 3-epoch proxy, scored on the same 53 children.
+bench-recipe: setup
+	$(PY) -m benchmarks.recipe_study train --work runs/recipe
+	$(PY) -m benchmarks.recipe_study report --work runs/recipe
 
 # Latency measurement noise, predictor accuracy (PNG) and predictor throughput for one device.
 bench-latency: setup

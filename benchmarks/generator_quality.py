@@ -24,6 +24,7 @@ import torch
 
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from nag.bundle import load_bundle
+from nag.bundle.bundle import TRIPLETS_FILE
 from nag.core.inference import generate
 from nag.core.triplets import read_triplets
 from nag.cost.speed import measure_against_profile
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         models = bundle.devices.get(args.device)
         if models is None:
             raise NagError(f"unknown device {args.device!r}; the bundle has {sorted(bundle.devices)}")
-        triplets = read_triplets(bundle.root / "triplets.jsonl")
+        triplets = read_triplets(bundle.root / TRIPLETS_FILE)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -87,7 +87,7 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
     from nag.bundle.bundle import bundle_or_default, load_bundle
-    from nag.core.inference import generate
+    from nag.core.inference import generate_checked
     from nag.core.materialize import export_child
     from nag.core.request import resolve_request
 
@@ -95,7 +95,7 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
     bundle = load_bundle(bundle_or_default(args.bundle))
     req = resolve_request(bundle, latency_ms=args.budget_ms, macs=args.macs, device=args.device,
                           candidates=args.candidates or 0, seed=args.seed)
-    g = generate(bundle, req.budget, req.device, candidates=req.candidates, seed=req.seed)
+    g = generate_checked(bundle, req.models, req.budget, req.candidates, req.seed)
     exported = export_child(bundle, g.arch)
     timings = {k: 1e3 * v for k, v in {**g.timings, **exported.timings}.items()}
     timings["total"] = 1e3 * (time.perf_counter() - started)

@@ -155,6 +155,20 @@ class PipelineConfig:
     factorized_steps: int = 0  # coarse-to-fine: factorized distribution for the first steps
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.devices or self.default_device not in self.devices:
+            problems.append("devices must be non-empty and hold default_device")
+        counts = {"profile_archs": self.profile_archs, "triplets": self.triplets, "num_budgets": self.num_budgets,
+                  "evaluator_steps": self.evaluator_steps, "generator_steps": self.generator_steps,
+                  "samples_per_budget": self.samples_per_budget, "triplet_val_images": self.triplet_val_images,
+                  "triplet_calib_images": self.triplet_calib_images}
+        problems += [f"{name} must be >= 1" for name, value in counts.items() if value < 1]
+        if self.entropy_weight < 0 or self.factorized_steps < 0:
+            problems.append("entropy_weight and factorized_steps must be >= 0")
+        if problems:
+            raise NagError("invalid pipeline config: " + "; ".join(problems))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

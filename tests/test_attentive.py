@@ -156,11 +156,11 @@ def test_ablation_benchmark_writes_both_tables(tiny_bundle: Path, tmp_path: Path
     assert code == 0
     data = json.loads((tmp_path / "a.json").read_text())
     attentive = data["attentive"]["variants"]
-    assert set(attentive) == {"uniform", "attentive-best", "attentive-worst"}
+    assert set(attentive) == {"uniform", "stratified", "attentive-best", "attentive-worst"}
     assert attentive["uniform"]["attentive_mean_trials"] is None
     assert attentive["attentive-best"]["attentive_mean_trials"] >= 1
     assert data["attentive"]["baseline"] == "uniform"
-    assert set(data["attentive"]["paired_minus_baseline"]) == {"attentive-best", "attentive-worst"}
+    assert set(data["attentive"]["paired_minus_baseline"]) == {"stratified", "attentive-best", "attentive-worst"}
     for v in attentive.values():
         assert len(v["per_budget"]) == 3 and 0 <= v["frontier_test_acc_mean"] <= 100
     fpnas = data["fpnas"]["variants"]

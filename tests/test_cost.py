@@ -212,3 +212,19 @@ def test_cli_profile_device_errors_without_traceback(tmp_path: Path) -> None:
                            str(tmp_path)], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2
     assert "unknown device 'nosuch'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_kernel_of_the_space_gets_its_own_latency_features(space: SearchSpace) -> None:
+    from nag.cost.features import arch_features, feature_names
+
+    names = feature_names(space)
+    assert [n for n in names if n.startswith("s0_dw")] == ["s0_dw3_mmacs", "s0_dw5_mmacs", "s0_dw7_mmacs",
+                                                          "s0_dw3_100ch", "s0_dw5_100ch", "s0_dw7_100ch"]
+    raw = space.to_dict()
+    for stage in raw["stages"]:
+        stage["kernels"] = [3, 9]
+    wide = SearchSpace.from_dict(raw)
+    assert "s0_dw9_mmacs" in feature_names(wide) and "s0_dw7_mmacs" not in feature_names(wide)
+    arch = biggest(wide)  # every kernel 9
+    row = dict(zip(feature_names(wide), arch_features(arch, wide), strict=True))
+    assert row["s0_dw9_mmacs"] > 0 and row["s0_dw3_mmacs"] == 0 and row["s3_dw9_100ch"] > 0

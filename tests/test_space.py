@@ -11,6 +11,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from nag.errors import ArchitectureError, SpaceError
 from nag.space import (
+    DIMENSIONS,
     Architecture,
     biggest,
     count_macs,
@@ -23,6 +24,7 @@ from nag.space import (
     smallest,
     to_tokens,
     validate,
+    with_dimension_of,
 )
 from nag.space.space import SearchSpace
 from nag.supernet import extract_child
@@ -148,8 +150,6 @@ def test_analytic_macs_and_params_match_the_static_child(space: SearchSpace, per
 
 
 def test_one_dimension_from_the_other_end_changes_only_that_dimension() -> None:
-    from benchmarks.supernet_frontier import DIMENSIONS, with_dimension_of
-
     space = load_space()
     low, high = smallest(space), biggest(space)
     kernels = with_dimension_of(low, high, "kernel", space)

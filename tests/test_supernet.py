@@ -50,8 +50,14 @@ def test_biggest_child_trains_every_weight(space) -> None:
     net = Supernet(space)
     x = torch.rand(4, 1, 28, 28)
     F.cross_entropy(net(x, biggest(space), dropout=True), torch.tensor([0, 1, 2, 3])).backward()
-    missing = [name for name, p in net.named_parameters() if p.grad is None]
+    # The elastic-kernel matrices serve the smaller kernels only; the biggest child runs 7x7 everywhere.
+    missing = [name for name, p in net.named_parameters() if p.grad is None and ".kernel_transforms." not in name]
     assert not missing
+    assert all(m.grad is None for m in net.kernel_transforms())
+    F.cross_entropy(net(x, smallest(space)), torch.tensor([0, 1, 2, 3])).backward()
+    # The smallest child's 3x3 kernels pass through both matrices of each of its active layers (the
+    # gradients are zero here only because zero-initialised BN gammas make every block its shortcut).
+    assert sum(m.grad is not None for m in net.kernel_transforms()) == 2 * 7  # 7 active layers
 
 
 def test_small_child_leaves_unused_weights_untouched(space, perturbed_supernet: Supernet) -> None:
@@ -99,3 +105,47 @@ def test_child_correct_in_onnx_runtime_matches_the_calibrated_supernet(space, pe
         assert got.shape == (300,) and got.dtype == bool
         assert (got == expected).mean() >= 0.99, arch.to_json()
         assert child_accuracy(perturbed_supernet, arch, calib, data, 128) == 100.0 * got.sum() / 300
+
+
+def test_elastic_kernel_identity_is_the_centre_crop(space, perturbed_supernet: Supernet) -> None:
+    """Untrained kernel transforms are the identity: a smaller kernel is exactly the centre of the largest."""
+    conv = perturbed_supernet.stages[2][0].depthwise
+    assert conv.kernels == (7, 5, 3)
+    for kernel in (5, 3):
+        start = (7 - kernel) // 2
+        crop = conv.weight[:8, :, start : start + kernel, start : start + kernel]
+        assert torch.equal(conv.active_weight(8, kernel), crop)
+
+
+def test_learned_kernel_transforms_reach_the_static_child(space, perturbed_supernet: Supernet,
+                                                         rng: random.Random) -> None:
+    import copy
+
+    net = copy.deepcopy(perturbed_supernet)
+    with torch.no_grad():
+        for matrix in net.kernel_transforms():
+            matrix.add_(torch.randn_like(matrix) * 0.2)
+    calib, x = torch.rand(250, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    archs = [sample_uniform(space, rng) for _ in range(8)]
+    changed = 0
+    for arch in archs:
+        net.calibrate(arch, calib)
+        net.eval()
+        with torch.no_grad():
+            expected = net(x, arch)
+            static = child(net, arch, calib)
+            assert (expected - static(x)).abs().max().item() <= 1e-5, arch.to_json()
+            changed += not torch.allclose(static(x), child(perturbed_supernet, arch, calib)(x))
+    assert changed == len(archs)  # every child has a kernel below 7 somewhere
+
+
+def test_a_supernet_saved_without_kernel_transforms_loads_with_identities(space, perturbed_supernet: Supernet
+                                                                          ) -> None:
+    state = {k: v for k, v in perturbed_supernet.state_dict().items() if ".kernel_transforms." not in k}
+    net = Supernet(space)
+    with torch.no_grad():
+        for matrix in net.kernel_transforms():
+            matrix.mul_(2.0)
+    net.load_state_dict(state)
+    assert all(torch.equal(m, torch.eye(m.shape[0])) for m in net.kernel_transforms())
+    assert len(net.kernel_transforms()) == sum(len(stage) for stage in net.stages) * 2

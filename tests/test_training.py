@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import torch
 
 from nag.artifacts import load_artifact
 from nag.config import profile
+from nag.errors import NagError
 from nag.supernet.io import load_supernet
 from nag.training.train_supernet import Distributed, SupernetTrainer
 
@@ -209,3 +211,59 @@ def test_standalone_mode_trains_and_reports_one_child(tmp_path: Path) -> None:
     after = trainer.supernet.stages[3][3].expand.weight.detach()
     assert torch.all(after.abs() <= before.abs())
     assert set(trainer.evaluate()) == {"test_acc_smallest"}
+
+
+def test_fixed_arch_trains_that_child_alone(tmp_path: Path) -> None:
+    from nag.space import load_space, sample_uniform
+    from nag.training.train_supernet import main
+
+    arch = sample_uniform(load_space(None), random.Random(3))
+    (tmp_path / "child.json").write_text(arch.to_json())
+    assert main(["--profile", "tiny", "--out", str(tmp_path / "run"), "--arch", str(tmp_path / "child.json")]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert set(summary) >= {"test_acc_fixed"} and "test_acc_biggest" not in summary
+    saved = load_supernet(tmp_path / "run" / "supernet.pt").meta["config"]
+    assert saved["train_mode"] == "fixed" and saved["fixed_arch"] == arch.to_json()
+
+
+def test_fixed_arch_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nag.training.train_supernet import main
+
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--arch", '{"resolution": 28}']) == 2
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--arch", "missing.json"]) == 2
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--arch", "biggest",
+                 "--train-mode", "smallest-only"]) == 2
+    assert main(["--profile", "tiny", "--out", str(tmp_path), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "lacks the field" in err and "no architecture file" in err and "does not combine" in err
+    assert "only cpu and cuda" in err or "is not a device" in err
+    assert "Traceback" not in err
+    with pytest.raises(NagError, match="fixed_arch"):
+        profile("tiny").with_overrides(train_mode="fixed")
+
+
+def test_stratified_middle_children_cover_the_macs_range(space) -> None:
+    from nag.space import count_macs
+    from nag.train.stratified import StratifiedSampler
+
+    sampler = StratifiedSampler(space, seed=0)
+    lo, hi = sampler.proposal.lo, sampler.proposal.hi
+    draws = [sampler(space, random.Random(seed), 2) for seed in range(40)]
+    low_half = [count_macs(pair[0], space) for pair in draws]
+    high_half = [count_macs(pair[1], space) for pair in draws]
+    middle = (lo + hi) / 2
+    # Each child lands near a target in its own half (within a proposal bucket's width of it).
+    assert sum(m < middle + sampler.proposal.width for m in low_half) >= 38
+    assert sum(m > middle - sampler.proposal.width for m in high_half) >= 38
+    assert [a.arch_id for a in sampler(space, random.Random(7), 2)] == [
+        a.arch_id for a in sampler(space, random.Random(7), 2)]
+
+
+def test_pipeline_config_errors_are_clear() -> None:
+    from nag.config import PipelineConfig, pipeline
+
+    with pytest.raises(NagError, match="triplets must be >= 1"):
+        PipelineConfig(triplets=0)
+    with pytest.raises(NagError, match="default_device"):
+        PipelineConfig(devices=("flops",), default_device="cpu")
+    assert pipeline("tiny").default_device == "flops"

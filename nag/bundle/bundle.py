@@ -37,6 +37,9 @@ SUPERNET_FILE = "supernet.pt"
 ACCURACY_FILE = "accuracy_predictor.json"
 EVALUATOR_FILE = "evaluator.pt"
 GENERATOR_FILE = "generator.pt"
+TRIPLETS_FILE = "triplets.jsonl"
+SUPERNET_LOG_FILE = "log.jsonl"
+SUPERNET_SUMMARY_FILE = "summary.json"
 SKIP = {MANIFEST_FILE, "checkpoint.pt"}
 BUNDLE_ENV = "NAG_BUNDLE"
 

@@ -90,11 +90,15 @@ def check_seed(seed: int | None) -> None:
         raise InvalidBudgetError(f"seed must lie in [0, 2**64 - 1], got {seed}")
 
 
+def check_candidates(candidates: int) -> None:
+    if not 1 <= candidates <= MAX_CANDIDATES:
+        raise InvalidBudgetError(f"candidates must lie in [1, {MAX_CANDIDATES}], got {candidates}")
+
+
 def check_budget(budget: float, models: DeviceModels, candidates: int) -> None:
     if budget is None or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
         raise InvalidBudgetError(f"budget must be a finite number > 0 {models.device.unit}, got {budget!r}")
-    if not 1 <= candidates <= MAX_CANDIDATES:
-        raise InvalidBudgetError(f"candidates must lie in [1, {MAX_CANDIDATES}], got {candidates}")
+    check_candidates(candidates)
     if budget < models.min_cost:
         raise BudgetOutOfRangeError(
             f"budget {budget:g} {models.device.unit} is below the cheapest architecture of the space on device "
@@ -190,6 +194,13 @@ def generate(bundle: Bundle, budget: float, device: str | None = None, candidate
     models = resolve_device(bundle, device)
     check_budget(budget, models, candidates)
     check_seed(seed)
+    return generate_checked(bundle, models, budget, candidates, seed, margin)
+
+
+def generate_checked(bundle: Bundle, models: DeviceModels, budget: float, candidates: int, seed: int | None,
+                     margin: float | None = None) -> Generated:
+    """`generate` for a device, budget, candidate count and seed validated already (by
+    `nag.core.request.resolve_request`, or by `generate` itself)."""
     target = target_budget(budget, models, margin)
     seed = secrets.randbits(31) if seed is None else int(seed)
     space = bundle.space

@@ -13,6 +13,7 @@ counts alone, 97% with the depthwise channels, 98% with the SE channels and reso
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,13 +23,23 @@ from nag.space.plan import child_plan
 from nag.space.space import SearchSpace
 
 _GLOBAL = ("bias", "resize", "stem_mmacs", "head_mmacs", "input_kpixels")
-_PER_STAGE = ("layers", "se_layers", "expand_mmacs", "dw3_mmacs", "dw5_mmacs", "dw7_mmacs", "project_mmacs",
-              "activations_100k", "dw3_100ch", "dw5_100ch", "dw7_100ch", "se_100ch")
+
+
+def space_kernels(space: SearchSpace) -> tuple[int, ...]:
+    """Every depthwise kernel size of the space, ascending: each gets its own MACs and channel features."""
+    return tuple(sorted({k for stage in space.stages for k in stage.kernels}))
+
+
+@functools.lru_cache(maxsize=32)
+def _per_stage(kernels: tuple[int, ...]) -> tuple[str, ...]:
+    return ("layers", "se_layers", "expand_mmacs", *(f"dw{k}_mmacs" for k in kernels), "project_mmacs",
+            "activations_100k", *(f"dw{k}_100ch" for k in kernels), "se_100ch")
 
 
 def feature_names(space: SearchSpace) -> list[str]:
+    per_stage = _per_stage(space_kernels(space))
     return (list(_GLOBAL) + [f"resolution_{r}" for r in space.resolutions]
-            + [f"s{i}_{name}" for i in range(len(space.stages)) for name in _PER_STAGE])
+            + [f"s{i}_{name}" for i in range(len(space.stages)) for name in per_stage])
 
 
 def arch_features(arch: Architecture, space: SearchSpace) -> np.ndarray:
@@ -39,19 +50,23 @@ def arch_features(arch: Architecture, space: SearchSpace) -> np.ndarray:
     g[2] = p.stem_out**2 * p.in_channels * p.stem_width * p.stem_kernel**2 / 1e6
     g[3] = (p.head_size**2 * p.head_in * p.head_width + p.head_width * p.num_classes) / 1e6
     g[4] = p.resolution**2 / 1e3
-    stages = np.zeros((len(space.stages), len(_PER_STAGE)))
-    kernel_slot = {3: 0, 5: 1, 7: 2}
+    kernels = space_kernels(space)
+    n = len(kernels)
+    # Row layout (`_per_stage`): 0 layers, 1 se_layers, 2 expand, 3.. dw MACs per kernel, then project,
+    # activations, dw channels per kernel, se channels.
+    project, activations, channels, se = 3 + n, 4 + n, 5 + n, 5 + 2 * n
+    stages = np.zeros((len(space.stages), 6 + 2 * n))
     for b in p.blocks:
         row = stages[b.stage]
-        slot = kernel_slot.get(b.kernel, 2)
+        slot = kernels.index(b.kernel)
         row[0] += 1
         row[1] += bool(b.se_mid)
         row[2] += b.h_in**2 * b.c_in * b.mid / 1e6
         row[3 + slot] += b.h_out**2 * b.mid * b.kernel**2 / 1e6
-        row[8 + slot] += b.mid / 100
-        row[11] += b.se_mid / 100
-        row[6] += (b.h_out**2 * b.mid * b.c_out + (b.h_out**2 * b.c_in * b.c_out if b.shortcut_conv else 0)) / 1e6
-        row[7] += b.mid * (b.h_in**2 + 2 * b.h_out**2) / 1e5
+        row[channels + slot] += b.mid / 100
+        row[se] += b.se_mid / 100
+        row[project] += (b.h_out**2 * b.mid * b.c_out + (b.h_out**2 * b.c_in * b.c_out if b.shortcut_conv else 0)) / 1e6
+        row[activations] += b.mid * (b.h_in**2 + 2 * b.h_out**2) / 1e5
     resolution = np.array([float(p.resolution == r) for r in space.resolutions])
     return np.concatenate([g, resolution, stages.ravel()])
 

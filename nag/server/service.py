@@ -17,11 +17,12 @@ import numpy as np
 
 from nag.bundle.bundle import Bundle
 from nag.core.inference import (
-    MAX_CANDIDATES,
     BudgetOutOfRangeError,
     Generated,
     InvalidBudgetError,
-    generate,
+    check_candidates,
+    check_seed,
+    generate_checked,
     resolve_device,
 )
 from nag.core.materialize import SERVING_CALIBRATION_IMAGES, ExportedModel, export_child
@@ -278,7 +279,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         if g is not None:
             return g, False
         with self._computing(context, "generation"):
-            g = generate(self.bundle, budget, req.device, candidates=req.candidates, seed=req.seed)
+            g = generate_checked(self.bundle, req.models, budget, req.candidates, req.seed)
         self._observe("sample", g.timings["sample"])
         self._observe("choose", g.timings["choose"])
         if req.seed is not None:
@@ -406,18 +407,18 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             if not 2 <= points <= self.config.max_frontier_points:
                 raise InvalidBudgetError(f"points must lie in [2, {self.config.max_frontier_points}], got {points}")
             candidates = request.candidates or self.config.default_candidates
-            if candidates > MAX_CANDIDATES:
-                raise InvalidBudgetError(f"candidates must lie in [1, {MAX_CANDIDATES}], got {candidates}")
+            check_candidates(candidates)
             if points * candidates > self.config.max_frontier_samples:
                 raise InvalidBudgetError(
                     f"points x candidates must be at most {self.config.max_frontier_samples} per call, got "
                     f"{points} x {candidates} = {points * candidates}; ask for fewer, or split the range over calls")
             seed = request.seed if request.HasField("seed") else 0
+            check_seed(seed)
             lo, hi = models.min_cost, max(models.device.cost_range[1], models.min_cost * 1.01)
             out = []
             for budget in np.linspace(lo * 1.001, hi, points):
                 with self._computing(context, "the next frontier point"):
-                    g = generate(self.bundle, float(budget), models.name, candidates=candidates, seed=seed)
+                    g = generate_checked(self.bundle, models, float(budget), candidates, seed)
                 out.append(pb.FrontierPoint(budget=float(budget), architecture_json=g.arch.to_json(),
                                             architecture_id=g.arch.arch_id, predicted_cost=g.predicted_cost,
                                             predicted_accuracy=g.predicted_accuracy, macs=g.macs))

@@ -14,11 +14,13 @@ from nag.space.arch import (
     to_tokens,
     validate,
 )
+from nag.space.neighbours import DIMENSIONS, with_dimension_of
 from nag.space.plan import BlockPlan, ChildPlan, child_plan, count_macs, count_params
 from nag.space.sampling import sample_stratified, sample_tilted
 from nag.space.space import SearchSpace, StageSpec, load_space
 
 __all__ = [
+    "DIMENSIONS",
     "Architecture",
     "BlockPlan",
     "ChildPlan",
@@ -41,4 +43,5 @@ __all__ = [
     "smallest",
     "to_tokens",
     "validate",
+    "with_dimension_of",
 ]

@@ -11,16 +11,37 @@ import argparse
 import logging
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from nag.core.triplets import collect_triplets
+from nag.bundle.bundle import SUPERNET_FILE, TRIPLETS_FILE
+from nag.core.triplets import Triplet, collect_triplets
 from nag.cost.store import MEASUREMENTS_FILE, device_dir, list_devices, load_device, read_measurements
 from nag.data import DataSource, load_splits
 from nag.errors import NagError
 from nag.supernet.io import load_supernet
 
-TRIPLETS_FILE = "triplets.jsonl"
+
+def collect(bundle: str | Path, archs: int = 1000, val_images: int = 2500, calib_images: int = 500,
+            seed: int = 1) -> list[Triplet]:
+    """Collect (resumably) `archs` triplets into the bundle's triplet file: each architecture's validation
+    accuracy in the bundle's supernet (BN calibrated) and its cost on every device of the bundle."""
+    trained = load_supernet(Path(bundle) / SUPERNET_FILE)
+    space = trained.supernet.space
+    cfg = trained.meta.get("config", {})
+    splits = load_splits(DataSource(**cfg["data"]) if "data" in cfg else DataSource(),
+                         int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
+                         space.input.channels)
+    val = splits.val.subset(torch.arange(min(val_images, len(splits.val))))
+    devices = [load_device(bundle, name, space) for name in list_devices(bundle)]
+    measured = {}
+    for d in devices:
+        path = device_dir(bundle, d.name) / MEASUREMENTS_FILE
+        if path.exists():
+            measured[d.name] = {m.arch_id: m.median for m in read_measurements(path) if m.stable}
+    return collect_triplets(Path(bundle) / TRIPLETS_FILE, trained.supernet, trained.calibration_float[:calib_images],
+                            val, devices, measured, num_archs=archs, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,24 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    started = time.perf_counter()
     try:
-        trained = load_supernet(f"{args.bundle}/supernet.pt")
-        space = trained.supernet.space
-        cfg = trained.meta.get("config", {})
-        splits = load_splits(DataSource(**cfg["data"]) if "data" in cfg else DataSource(),
-                             int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
-                             space.input.channels)
-        val = splits.val.subset(torch.arange(min(args.val_images, len(splits.val))))
-        devices = [load_device(args.bundle, name, space) for name in list_devices(args.bundle)]
-        measured = {}
-        for d in devices:
-            path = device_dir(args.bundle, d.name) / MEASUREMENTS_FILE
-            if path.exists():
-                measured[d.name] = {m.arch_id: m.median for m in read_measurements(path) if m.stable}
-        started = time.perf_counter()
-        triplets = collect_triplets(f"{args.bundle}/{TRIPLETS_FILE}", trained.supernet,
-                                    trained.calibration_float[: args.calib_images], val, devices, measured,
-                                    num_archs=args.archs, seed=args.seed)
+        triplets = collect(args.bundle, args.archs, args.val_images, args.calib_images, args.seed)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,14 +25,19 @@ from nag.bundle.bundle import (
     ACCURACY_FILE,
     EVALUATOR_FILE,
     GENERATOR_FILE,
+    MANIFEST_FILE,
     SPACE_FILE,
     SUPERNET_FILE,
+    SUPERNET_LOG_FILE,
+    SUPERNET_SUMMARY_FILE,
+    TRIPLETS_FILE,
     read_manifest,
     save_evaluator,
     save_generator,
     write_manifest,
 )
 from nag.config import PipelineConfig, pipeline
+from nag.config import profile as supernet_profile
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
@@ -44,21 +49,21 @@ from nag.cost.profiling import profile_device
 from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, list_devices, load_device
 from nag.errors import NagError
 from nag.supernet.io import load_supernet
+from nag.training.collect_triplets import collect
+from nag.training.train_supernet import train as train_supernet
 
 log = logging.getLogger("train_generator")
-TRIPLETS_FILE = "triplets.jsonl"
 
 
 def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
     if (bundle / SUPERNET_FILE).is_file():
         return
-    from nag.training.train_supernet import main as train_supernet
-
     log.info("stage 1/5: training the %s supernet in %s", profile, run)
-    if train_supernet(["--profile", profile, "--out", str(run), "--resume"]) != 0:
-        raise NagError("supernet training failed")
+    if train_supernet(supernet_profile(profile), run, resume=True) != 0:
+        raise NagError(f"supernet training stopped before the end; continue with the same command ({run} holds "
+                       "its checkpoint)")
     bundle.mkdir(parents=True, exist_ok=True)
-    for name in (SUPERNET_FILE, "log.jsonl", "summary.json"):
+    for name in (SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE):
         if (run / name).is_file():
             shutil.copy2(run / name, bundle / name)
 
@@ -78,13 +83,8 @@ def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> None:
     path = bundle / TRIPLETS_FILE
     if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
         return
-    from nag.training.collect_triplets import main as collect
-
     log.info("stage 3/5: collecting %d triplets", cfg.triplets)
-    code = collect(["--bundle", str(bundle), "--archs", str(cfg.triplets), "--val-images",
-                    str(cfg.triplet_val_images), "--calib-images", str(cfg.triplet_calib_images)])
-    if code != 0:
-        raise NagError("triplet collection failed")
+    collect(bundle, cfg.triplets, cfg.triplet_val_images, cfg.triplet_calib_images)
 
 
 def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Path | None = None,
@@ -145,7 +145,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
         else:
             log.info("device %s: evaluator and generator already built", name)
     timings["models"] = time.perf_counter() - started - sum(timings.values())
-    manifest_path = bundle / "manifest.json"
+    manifest_path = bundle / MANIFEST_FILE
     if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
             timings["triplets"] < 1.0 and not retrain:
         return read_manifest(bundle)  # nothing was built: the bundle stays as it is
@@ -154,7 +154,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     if manifest_path.is_file():
         old = read_manifest(bundle, verify=False)["metrics"]
     merged = {**old, **metrics, "devices": {**old.get("devices", {}), **metrics["devices"]}}
-    summary = bundle / "summary.json"
+    summary = bundle / SUPERNET_SUMMARY_FILE
     supernet_summary = json.loads(summary.read_text()) if summary.is_file() else {}
     manifest = write_manifest(bundle, bundle.name, space, cfg.default_device,
                               {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},

@@ -30,6 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
+from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE
 from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
@@ -118,8 +119,11 @@ class SupernetTrainer:
         for matrix in self.supernet.kernel_transforms():
             matrix.requires_grad_(cfg.kernel_transform)
         self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay)
+        # A step whose children all run a layer at its largest kernel leaves that layer's kernel
+        # transforms without a gradient, which DDP must be told to expect.
         self.model: torch.nn.Module = (
-            DistributedDataParallel(self.objective) if dist_info.world > 1 else self.objective
+            DistributedDataParallel(self.objective, find_unused_parameters=cfg.kernel_transform)
+            if dist_info.world > 1 else self.objective
         )
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
         self.steps_per_epoch = len(self.train) // (cfg.batch_size * dist_info.world)
@@ -274,7 +278,7 @@ class SupernetTrainer:
         elif resume:
             log.info("no checkpoint at %s; starting from step 0", self.checkpoint_path)
         stop = StopRequested()
-        log_path = self.out / "log.jsonl"
+        log_path = self.out / SUPERNET_LOG_FILE
         self.log_pending_epoch(log_path)  # an epoch whose evaluation a crash interrupted
         started = time.perf_counter()
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"supernet[{self.cfg.profile}]",
@@ -353,10 +357,10 @@ class SupernetTrainer:
     def finish(self, elapsed: float, final_eval: dict[str, float]) -> None:
         summary = {"profile": self.cfg.profile, "steps": self.step, "train_seconds_this_run": round(elapsed, 1),
                    "world": self.dist.world, **final_eval}
-        save_supernet(self.out / "supernet.pt", self.shipped, self.calibration_images,
+        save_supernet(self.out / SUPERNET_FILE, self.shipped, self.calibration_images,
                       {"config": self.cfg.to_dict(), "summary": summary, "classes": list(self.splits.classes)})
-        (self.out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-        log.info("supernet written to %s: %s", self.out / "supernet.pt", summary)
+        (self.out / SUPERNET_SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        log.info("supernet written to %s: %s", self.out / SUPERNET_FILE, summary)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -424,23 +428,29 @@ def training_device(name: str) -> torch.device:
     return device
 
 
+def train(cfg: SupernetTrainConfig, out: Path, resume: bool = False, device: str = "cpu",
+          threads: int | None = None) -> int:
+    """Train (or with `resume`, continue) the supernet of `cfg` in `out`: 0 when it is written, 143 when a
+    signal stopped the run after a checkpoint. Raises `NagError` for a bad device, data or checkpoint."""
+    where = training_device(device)
+    dist_info = setup_distributed(where)
+    try:
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // dist_info.world))
+        return SupernetTrainer(cfg, out, dist_info, where).run(resume)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         cfg = build_config(args)
-        device = training_device(args.device)
-        dist_info = setup_distributed(device)
-        torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // dist_info.world))
-        out = args.out or Path("runs") / cfg.profile
-        code = SupernetTrainer(cfg, out, dist_info, device).run(args.resume)
+        return train(cfg, args.out or Path("runs") / cfg.profile, args.resume, args.device, args.threads)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return code
 
 
 if __name__ == "__main__":
