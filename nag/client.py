@@ -16,12 +16,14 @@ from nag.limits import MAX_CANDIDATES, MAX_SEED
 MAX_RECEIVE = 64 * 1024 * 1024
 # The retry policy of every channel() (several replicas behind a load balancer; see README): calls that
 # end UNAVAILABLE (a replica died or is draining after SIGTERM, or nginx found no live replica) or
-# RESOURCE_EXHAUSTED (all of a replica's slots busy) are sent again, up to gRPC's cap of 5 attempts.
+# RESOURCE_EXHAUSTED (all of a replica's slots busy) or INTERNAL (nginx resets the stream with HTTP/2
+# INTERNAL_ERROR when the replica it forwarded to dies mid-call; the server itself answers no malformed
+# or hostile request INTERNAL, see benchmarks/fuzz_server.py) are sent again, up to gRPC's cap of 5 attempts.
 # The wait before retry n is random in [0, min(0.25 s * 2^(n-1), 5 s)]. gRPC does not retry a call
 # once reply headers have arrived, and the call's deadline covers all attempts. Every RPC of the
 # service is a pure function of its request, so resending is safe.
 RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "5s", "backoffMultiplier": 2,
-                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"]}
+                "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"]}
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "nag.v1.ArchitectureGeneratorService"}],
                                                "retryPolicy": RETRY_POLICY}]})
 
