@@ -13,6 +13,7 @@ biggest and smallest. Differences to the `today` variant are paired per test ima
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -147,8 +148,6 @@ def report(work: Path, bundle: str, baseline: str, name: str) -> int:
 
 
 def _train_seconds(folder: Path) -> float | None:
-    import json
-
     try:
         return float(json.loads((folder / SUPERNET_SUMMARY_FILE).read_text())["train_seconds_this_run"])
     except (OSError, ValueError, KeyError):

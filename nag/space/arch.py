@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nag.errors import ArchitectureError
@@ -248,8 +249,6 @@ def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, prob: flo
 
 def resolve_arch(spec: str, space: SearchSpace, seed: int = 0) -> Architecture:
     """`biggest`, `smallest`, `random` (seeded), a path to an architecture's `.json` file, or its JSON."""
-    from pathlib import Path
-
     if spec == "biggest":
         return biggest(space)
     if spec == "smallest":
