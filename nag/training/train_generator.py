@@ -4,7 +4,8 @@
 
 Stages, each skipped when its output is already in the bundle: supernet (trained with the same
 profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
-and per device the evaluator and the generator; finally `manifest.json` with hashes and metrics.
+and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; finally
+the serving frontier of every device this machine can measure (`measure_frontier`), sealed again.
 """
 
 from __future__ import annotations
@@ -46,10 +47,18 @@ from nag.core.generator import Generator, GeneratorConfig, token_cost, train_gen
 from nag.core.triplets import read_triplets
 from nag.cost.device import packaged_profile
 from nag.cost.profiling import profile_device
-from nag.cost.store import PREDICTOR_FILE, PROFILE_FILE, device_dir, list_devices, load_device
+from nag.cost.store import (
+    PREDICTOR_FILE,
+    PROFILE_FILE,
+    SERVING_MEASUREMENTS_FILE,
+    device_dir,
+    list_devices,
+    load_device,
+)
 from nag.errors import NagError
 from nag.supernet.io import load_supernet
 from nag.training.collect_triplets import collect
+from nag.training.measure_frontier import measurable_here, measure_frontier
 from nag.training.train_supernet import train as train_supernet
 
 log = logging.getLogger("train_generator")
@@ -148,7 +157,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     manifest_path = bundle / MANIFEST_FILE
     if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
             timings["triplets"] < 1.0 and not retrain:
-        return read_manifest(bundle)  # nothing was built: the bundle stays as it is
+        return measure_frontiers(bundle, rebuilt=set())  # nothing else to build
     metrics["build_seconds"] = timings
     old = {}
     if manifest_path.is_file():
@@ -156,10 +165,24 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     merged = {**old, **metrics, "devices": {**old.get("devices", {}), **metrics["devices"]}}
     summary = bundle / SUPERNET_SUMMARY_FILE
     supernet_summary = json.loads(summary.read_text()) if summary.is_file() else {}
-    manifest = write_manifest(bundle, bundle.name, space, cfg.default_device,
-                              {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
-                              {**merged, "supernet": supernet_summary})
-    return manifest
+    write_manifest(bundle, bundle.name, space, cfg.default_device,
+                   {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
+                   {**merged, "supernet": supernet_summary})
+    return measure_frontiers(bundle, rebuilt=set(metrics["devices"]))
+
+
+def measure_frontiers(bundle: Path, rebuilt: set[str]) -> dict[str, Any]:
+    """Last stage: measure the serving frontier of every device this machine can run (`measure_frontier`),
+    afresh for a device whose generator was just rebuilt; the manifest is sealed again after each."""
+    for name in read_manifest(bundle)["devices"]:
+        path = device_dir(bundle, name) / SERVING_MEASUREMENTS_FILE
+        if not measurable_here(bundle, name) or (path.is_file() and name not in rebuilt):
+            continue
+        log.info("stage 6/6: measuring the serving frontier of device %s", name)
+        r = measure_frontier(bundle, name, fresh=name in rebuilt)
+        log.info("device %s: %d front members measured (%d children, %d rounds)", name, r.members, r.measured,
+                 r.rounds)
+    return read_manifest(bundle)
 
 
 def main(argv: list[str] | None = None) -> int:
