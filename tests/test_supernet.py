@@ -92,7 +92,7 @@ def test_supernet_runs_channels_last(space) -> None:
 
 def test_child_correct_in_onnx_runtime_matches_the_calibrated_supernet(space, perturbed_supernet: Supernet,
                                                                         splits) -> None:
-    from nag.supernet.evaluate import child_accuracy, child_correct
+    from nag.export.evaluate import child_accuracy, child_correct
 
     calib = splits.train.as_float(slice(0, 250))
     data = splits.val.subset(torch.arange(300))
