@@ -37,11 +37,11 @@ from nag.bundle import load_bundle
 from nag.config import MIDDLE_SAMPLERS, profile
 from nag.core.encoding import TokenEncoder
 from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
-from nag.core.inference import evaluator_score, pick_architecture
 from nag.errors import NagError
+from nag.export.evaluate import child_accuracy, child_correct
+from nag.serving.inference import evaluator_score, pick_architecture
 from nag.space import count_macs, sample_stratified
 from nag.space.arch import biggest, from_tokens, smallest
-from nag.supernet.evaluate import child_accuracy, child_correct
 from nag.supernet.io import load_supernet
 from nag.training.train_supernet import Distributed, SupernetTrainer
 

@@ -10,10 +10,10 @@ import numpy as np
 
 from nag.bundle.bundle import Bundle, DeviceModels
 from nag.core.generator import GeneratorConfig
-from nag.core.inference import target_budget
-from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.data.datasets import ImageSet
 from nag.search.fitness import EvaluationCache, SupernetFitness
+from nag.serving.inference import target_budget
+from nag.serving.materialize import SERVING_CALIBRATION_IMAGES
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 

@@ -18,11 +18,11 @@ from benchmarks.frontier_context import GOAL_MARGIN, NOISE_ALLOWANCE, Context, R
 from benchmarks.frontier_methods import equal_steps
 from benchmarks.frontier_stats import hypervolume, paired_bootstrap, regrets, verdict
 from benchmarks.results_io import machine
-from nag.core.materialize import SERVING_CALIBRATION_IMAGES
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import device_dir
+from nag.export.evaluate import child_correct
+from nag.serving.materialize import SERVING_CALIBRATION_IMAGES
 from nag.space.arch import Architecture
-from nag.supernet.evaluate import child_correct
 
 log = logging.getLogger("frontier")
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from benchmarks.results_io import RESULTS, machine, markdown_table, spearman, write_results
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
+from nag.export.evaluate import child_accuracy
 from nag.space import DIMENSIONS, biggest, count_macs, count_params, sample_uniform, smallest, with_dimension_of
-from nag.supernet.evaluate import child_accuracy
 from nag.supernet.io import load_supernet
 
 

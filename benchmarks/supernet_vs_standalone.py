@@ -26,8 +26,8 @@ from benchmarks.training_runs import TrainingRun, run_all
 from nag.bundle.bundle import SUPERNET_FILE
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
+from nag.export.evaluate import child_correct
 from nag.space import Architecture, biggest, count_macs, resolve_arch, smallest
-from nag.supernet.evaluate import child_correct
 from nag.supernet.io import load_supernet
 
 

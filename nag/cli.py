@@ -22,9 +22,9 @@ def _cmd_train_supernet(rest: list[str]) -> int:
 def _cmd_export_child(args: argparse.Namespace) -> int:
     from nag.data import DataSource, load_test_set
     from nag.export import export_onnx
+    from nag.export.evaluate import onnx_predictions
     from nag.space import count_macs, count_params
     from nag.supernet import child
-    from nag.supernet.evaluate import onnx_predictions
     from nag.supernet.io import load_supernet
 
     trained = load_supernet(args.supernet)

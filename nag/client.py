@@ -89,9 +89,9 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
     from nag.bundle.bundle import bundle_or_default, load_bundle
-    from nag.core.inference import generate_checked
-    from nag.core.materialize import export_child
-    from nag.core.request import resolve_request
+    from nag.serving.inference import generate_checked
+    from nag.serving.materialize import export_child
+    from nag.serving.request import resolve_request
 
     started = time.perf_counter()
     bundle = load_bundle(bundle_or_default(args.bundle))

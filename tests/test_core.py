@@ -22,8 +22,8 @@ from nag.core.dominance import dominance, dominance_tensor
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
 from nag.core.generator import Generator, GeneratorConfig, TokenCost, train_generator
-from nag.core.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
 from nag.cost.device import DeviceError, packaged_profile
+from nag.serving.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
 
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)

@@ -21,12 +21,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nag.cli import main as nag_main
 from nag.client import channel
-from nag.core.inference import SATURATION, generate
 from nag.errors import NagError
 from nag.server.app import RunningServer, ServerOptions
 from nag.server.app import main as serve_main
 from nag.server.service import ServiceConfig
 from nag.server.slots import FifoSlots
+from nag.serving.inference import SATURATION, generate
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 

@@ -19,6 +19,7 @@ import torch
 
 from nag.export import INPUT_NAME, GraphForm, build_onnx, export_onnx
 from nag.space import Architecture, SearchSpace, biggest, sample_uniform, smallest
+from nag.space.block import SqueezeExcite
 from nag.supernet import StaticChild, Supernet, child
 
 LEVELS = {
@@ -78,7 +79,8 @@ def cases(space: SearchSpace, splits, images: np.ndarray) -> list[Case]:
         expected = _session(export_onnx(static)).run(None, {INPUT_NAME: images})[0]
         out.append(Case(arch, static, expected))
     assert {c.arch.resolution for c in out} == set(space.resolutions)
-    assert all(any(b.se_reduce is not None for b in c.static.blocks) for c in out)  # SE gates in every child
+    assert all(any(isinstance(op, SqueezeExcite) for b in c.static.blocks for op in b.ops.main)
+               for c in out)  # SE gates in every child
     return out
 
 

@@ -18,7 +18,6 @@ from nag.core.dominance import dominance_tensor
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import EvaluatorConfig
 from nag.core.generator import Generator, GeneratorConfig, train_generator
-from nag.core.inference import pick_architecture
 from nag.core.rewards import PredictedObjectives, mnasnet_reward, tunas_reward
 from nag.search.baselines import (
     EvolutionConfig,
@@ -30,6 +29,7 @@ from nag.search.baselines import (
 )
 from nag.search.fitness import EvaluationCache, Fitness, SupernetFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
+from nag.serving.inference import pick_architecture
 from nag.space import SearchSpace, count_macs, sample_uniform
 from nag.space.arch import biggest, smallest, to_tokens, validate
 

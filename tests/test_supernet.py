@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from nag.space import biggest, sample_uniform, smallest
+from nag.space.block import ConvBN, SqueezeExcite, block_ops
+from nag.space.plan import child_plan
 from nag.supernet import Supernet, calibrate_bn, child, extract_child
 
 
@@ -21,6 +23,20 @@ def test_child_equals_supernet_after_calibration(space, perturbed_supernet: Supe
             got = child(perturbed_supernet, arch, calib)(x)
         assert got.shape == (16, space.num_classes)
         assert (expected - got).abs().max().item() <= 1e-5, arch.to_json()
+
+
+def test_supernet_and_static_blocks_hold_the_layers_of_one_op_sequence(space, perturbed_supernet: Supernet,
+                                                                       rng: random.Random) -> None:
+    kinds = set()
+    for arch in [biggest(space), smallest(space), sample_uniform(space, rng)]:
+        static = extract_child(perturbed_supernet, arch)
+        for b, block in zip(child_plan(arch, space).blocks, static.blocks, strict=True):
+            ops = block_ops(b)
+            names = [layer.name for layer in ops.layers()]
+            assert [name for name, _ in block.named_children()] == names
+            assert [name for name, _ in perturbed_supernet.stages[b.stage][b.index].named_children()] == names
+            kinds |= {type(op) for op in ops.main} | {ops.shortcut is None}
+    assert kinds == {ConvBN, SqueezeExcite, True, False}  # SE and both shortcuts occur in the default space
 
 
 def test_children_differ_and_calibration_changes_statistics(space, perturbed_supernet: Supernet) -> None:
@@ -92,7 +108,7 @@ def test_supernet_runs_channels_last(space) -> None:
 
 def test_child_correct_in_onnx_runtime_matches_the_calibrated_supernet(space, perturbed_supernet: Supernet,
                                                                         splits) -> None:
-    from nag.supernet.evaluate import child_accuracy, child_correct
+    from nag.export.evaluate import child_accuracy, child_correct
 
     calib = splits.train.as_float(slice(0, 250))
     data = splits.val.subset(torch.arange(300))

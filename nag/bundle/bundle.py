@@ -204,7 +204,7 @@ class DeviceModels:
     evaluator: Evaluator
     generator: Generator
     min_cost: float
-    # The table picks are chosen from (`nag.core.frontier`), built on first use; `dataclasses.replace`
+    # The table picks are chosen from (`nag.serving.frontier`), built on first use; `dataclasses.replace`
     # does not copy it, so a copy with another device builds its own.
     frontier: Any = field(default=None, init=False, repr=False, compare=False)
 

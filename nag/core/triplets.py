@@ -22,11 +22,11 @@ from nag.artifacts import atomic_write_bytes
 from nag.cost.store import Device
 from nag.data.datasets import ImageSet
 from nag.errors import CheckpointError
+from nag.export.evaluate import child_accuracy
 from nag.space.arch import Architecture
 from nag.space.plan import count_macs, count_params
 from nag.space.sampling import sample_stratified
 from nag.space.space import SearchSpace
-from nag.supernet.evaluate import child_accuracy
 from nag.supernet.model import Supernet
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,14 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from nag.cost.device import GRAPH_OPTIMIZATION_LEVELS, DeviceProfile, check_runnable
+from nag.export import INPUT_NAME, export_onnx
 from nag.space.arch import Architecture, biggest, sample_uniform, smallest
 from nag.space.plan import child_plan, count_macs
 from nag.space.space import SearchSpace
+from nag.supernet.static import StaticChild
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +104,6 @@ def robust_relative_error(round_medians: Sequence[float], centre: float) -> floa
 
 def latency_model_bytes(arch: Architecture, space: SearchSpace, seed: int = 0) -> bytes:
     """The ONNX model of `arch` with seeded random weights: the same graph as a served child."""
-    import torch
-
-    from nag.export import export_onnx
-    from nag.supernet.static import StaticChild
-
     torch.manual_seed(seed)
     child = StaticChild(arch, child_plan(arch, space), space.input.mean, space.input.std, space.stem.act,
                         space.input.size).eval()
@@ -136,8 +134,6 @@ def measure_model(model: bytes, profile: DeviceProfile, input_shape: Sequence[in
                   runs: int = 40) -> float:
     """Median latency in ms of one serialised model under `profile`'s runtime contract: a quick check of a
     served model (tens of milliseconds), not a profile-grade measurement."""
-    from nag.export import INPUT_NAME
-
     session = open_session(model, profile)
     channels, height, width = input_shape[-3:]
     feed = {INPUT_NAME: np.random.default_rng(0).random((profile.batch_size, channels, height, width),
@@ -184,8 +180,6 @@ def _summarise(arch: Architecture, space: SearchSpace, rounds: list[list[float]]
 
 def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile,
                    rng: random.Random) -> list[LatencyMeasurement]:
-    from nag.export import INPUT_NAME
-
     sessions = [open_session(latency_model_bytes(a, space), profile) for a in archs]
     c, size = space.input.channels, space.input.size
     feed = {INPUT_NAME: np.random.default_rng(0).random((profile.batch_size, c, size, size), dtype=np.float32)}

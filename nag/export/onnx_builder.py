@@ -32,12 +32,18 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from nag.space.block import ConvBN, Op, SqueezeExcite
 from nag.supernet.static import StaticChild, StaticMBConv
 
 OPSET = 18
 INPUT_NAME = "images"
 OUTPUT_NAME = "logits"
 _ACT_OPS = {"relu": "Relu", "hswish": "HardSwish"}
+_HINTS = {"depthwise": "dw"}  # node-name hints of the block's layers, where shorter than the layer's name
+
+
+def _hint(name: str) -> str:
+    return _HINTS.get(name, name)
 
 
 class GraphForm(StrEnum):
@@ -129,28 +135,41 @@ class _GraphBuilder:
         return self.op("Mul", [x, self.scalar(factor)], hint)
 
     def block(self, x: str, blk: StaticMBConv, i: int, x_factor: float) -> str:
-        if blk.shortcut is None:  # the identity shortcut needs x itself
+        ops = blk.ops
+        if ops.shortcut is None:  # the identity shortcut needs x itself
             x, x_factor = self.settle(x, x_factor, f"b{i}_settle"), 1.0
-        y, f = self.act(self.conv_bn(x, blk.expand, blk.expand_bn, f"b{i}_expand", x_factor), blk.act)
-        y, f = self.act(self.conv_bn(y, blk.depthwise, blk.depthwise_bn, f"b{i}_dw", f), blk.act)
-        if blk.se_reduce is not None and blk.se_expand is not None:
-            s = self.op("GlobalAveragePool", [y], f"b{i}_se_pool")
-            s = self.op("Relu", [self.conv(s, _np64(blk.se_reduce.weight) * f, _np64(blk.se_reduce.bias), 1,
-                                           f"b{i}_se_r")], f"b{i}_se_relu")
-            w_e, b_e = _np64(blk.se_expand.weight), _np64(blk.se_expand.bias)
-            if self.form is GraphForm.STANDARD:
-                s = self.op("HardSigmoid", [self.conv(s, w_e, b_e, 1, f"b{i}_se_e")], f"b{i}_se_gate",
-                            alpha=1.0 / 6.0, beta=0.5)
-            else:
-                # hardsigmoid(z) = relu6(z + 3) / 6: the +3 joins the bias, the / 6 the project conv.
-                s = self.relu6(self.conv(s, w_e, b_e + 3.0, 1, f"b{i}_se_e"), f"b{i}_se_gate")
-                f /= 6.0
-            y = self.op("Mul", [y, s], f"b{i}_se_mul")
-        y = self.conv_bn(y, blk.project, blk.project_bn, f"b{i}_project", f)
+        y, f = x, x_factor
+        for op in ops.main:
+            y, f = self.block_op(y, f, op, blk, i)
+        y = self.settle(y, f, f"b{i}_settle")
         shortcut = x
-        if blk.shortcut is not None and blk.shortcut_bn is not None:
-            shortcut = self.conv_bn(x, blk.shortcut, blk.shortcut_bn, f"b{i}_shortcut", x_factor)
+        if ops.shortcut is not None:
+            shortcut, f = self.block_op(x, x_factor, ops.shortcut, blk, i)
+            shortcut = self.settle(shortcut, f, f"b{i}_settle")
         return self.op("Add", [y, shortcut], f"b{i}_add")
+
+    def block_op(self, x: str, f: float, op: Op, blk: StaticMBConv, i: int) -> tuple[str, float]:
+        """One op of a block on (tensor, factor): the true input is x * f, the true output tensor * factor."""
+        if isinstance(op, ConvBN):
+            y = self.conv_bn(x, blk.layer(op.conv.name), blk.layer(op.bn.name), f"b{i}_{_hint(op.conv.name)}", f)
+            return (y, 1.0) if op.act is None else self.act(y, op.act)
+        if isinstance(op, SqueezeExcite):
+            return self.squeeze_excite(x, f, blk.layer(op.reduce.name), blk.layer(op.expand.name), f"b{i}")
+        raise TypeError(f"unknown op {op!r}")
+
+    def squeeze_excite(self, y: str, f: float, reduce: nn.Module, expand: nn.Module, hint: str) -> tuple[str, float]:
+        s = self.op("GlobalAveragePool", [y], f"{hint}_se_pool")
+        s = self.op("Relu", [self.conv(s, _np64(reduce.weight) * f, _np64(reduce.bias), 1, f"{hint}_se_r")],
+                    f"{hint}_se_relu")
+        w_e, b_e = _np64(expand.weight), _np64(expand.bias)
+        if self.form is GraphForm.STANDARD:
+            s = self.op("HardSigmoid", [self.conv(s, w_e, b_e, 1, f"{hint}_se_e")], f"{hint}_se_gate",
+                        alpha=1.0 / 6.0, beta=0.5)
+        else:
+            # hardsigmoid(z) = relu6(z + 3) / 6: the +3 joins the bias, the / 6 the consumer's weights.
+            s = self.relu6(self.conv(s, w_e, b_e + 3.0, 1, f"{hint}_se_e"), f"{hint}_se_gate")
+            f /= 6.0
+        return self.op("Mul", [y, s], f"{hint}_se_mul"), f
 
     def preprocess(self, x: str, child: StaticChild) -> str:
         """Resize (bilinear, half-pixel) to the child's resolution and normalise."""

@@ -16,8 +16,8 @@ import torch
 
 from nag.core.encoding import TokenEncoder
 from nag.data.datasets import ImageSet
+from nag.export.evaluate import child_accuracy
 from nag.space.arch import Architecture
-from nag.supernet.evaluate import child_accuracy
 from nag.supernet.model import Supernet
 
 

@@ -24,13 +24,13 @@ from grpc_reflection.v1alpha import reflection
 
 from nag import installed_version
 from nag.bundle.bundle import Bundle, bundle_or_default, load_bundle
-from nag.core.frontier import serving_frontier
-from nag.core.materialize import export_child
 from nag.cost.device import contract_problems
 from nag.errors import NagError
 from nag.server.calibration import CalibrationConfig, SpeedCalibration
 from nag.server.metrics import METHODS, ServerMetrics
 from nag.server.service import GeneratorService, ServiceConfig, add_service
+from nag.serving.frontier import serving_frontier
+from nag.serving.materialize import export_child
 from nag.space.arch import biggest
 from nag.v1 import generator_pb2 as pb
 

@@ -16,7 +16,14 @@ import grpc
 import numpy as np
 
 from nag.bundle.bundle import Bundle
-from nag.core.inference import (
+from nag.cost.device import DeviceError
+from nag.cost.measure import measure_model
+from nag.export import GraphForm
+from nag.server.cache import ByteLRU
+from nag.server.calibration import Speed, SpeedCalibration, is_local
+from nag.server.metrics import ServerMetrics
+from nag.server.slots import FifoSlots, SlotTimeout
+from nag.serving.inference import (
     BudgetOutOfRangeError,
     Generated,
     InvalidBudgetError,
@@ -25,15 +32,8 @@ from nag.core.inference import (
     generate_checked,
     resolve_device,
 )
-from nag.core.materialize import SERVING_CALIBRATION_IMAGES, ExportedModel, export_child
-from nag.core.request import BudgetRequest, resolve_request
-from nag.cost.device import DeviceError
-from nag.cost.measure import measure_model
-from nag.export import GraphForm
-from nag.server.cache import ByteLRU
-from nag.server.calibration import Speed, SpeedCalibration, is_local
-from nag.server.metrics import ServerMetrics
-from nag.server.slots import FifoSlots, SlotTimeout
+from nag.serving.materialize import SERVING_CALIBRATION_IMAGES, ExportedModel, export_child
+from nag.serving.request import BudgetRequest, resolve_request
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 

@@ -9,9 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nag.space.arch import Architecture
-from nag.space.plan import se_width
+from nag.space.arch import Architecture, biggest
+from nag.space.block import BlockOps, Conv, ConvBN, Norm, block_ops
+from nag.space.plan import child_plan
 from nag.space.space import SearchSpace
+from nag.supernet.block import MBConv
 from nag.supernet.layers import ElasticBatchNorm, ElasticConv, ElasticDepthwiseConv, activation
 
 
@@ -23,40 +25,31 @@ def preprocess(x: torch.Tensor, resolution: int, mean: torch.Tensor, std: torch.
     return x.contiguous(memory_format=torch.channels_last)
 
 
-class ElasticMBConv(nn.Module):
-    """Inverted residual block: expand 1x1, depthwise kxk, optional SE, project 1x1, plus shortcut."""
+class ElasticMBConv(MBConv):
+    """The MBConv block of `nag.space.block` with the weights of its biggest form `ops`; a call runs the
+    ops of a child's block (prefix channels, cropped kernel)."""
 
-    def __init__(self, max_in: int, max_out: int, max_expansion: int, kernels: tuple[int, ...], stride: int,
-                 se: bool, act: str, shortcut_conv: bool):
+    def __init__(self, ops: BlockOps, kernels: tuple[int, ...]):
         super().__init__()
-        max_mid = max_in * max_expansion
-        self.act = act
-        self.stride = stride
-        self.expand = ElasticConv(max_in, max_mid)
-        self.expand_bn = ElasticBatchNorm(max_mid)
-        self.depthwise = ElasticDepthwiseConv(max_mid, kernels, stride)
-        self.depthwise_bn = ElasticBatchNorm(max_mid)
-        self.se_reduce = ElasticConv(max_mid, se_width(max_mid), bias=True) if se else None
-        self.se_expand = ElasticConv(se_width(max_mid), max_mid, bias=True) if se else None
-        self.project = ElasticConv(max_mid, max_out)
-        self.project_bn = ElasticBatchNorm(max_out)
+        self.kernels = kernels
+        self._add_layers(ops)
         # BigNAS: zero-init the last BN of each residual block so every block starts as its shortcut.
-        nn.init.zeros_(self.project_bn.weight)
-        self.shortcut = ElasticConv(max_in, max_out, stride=stride) if shortcut_conv else None
-        self.shortcut_bn = ElasticBatchNorm(max_out) if shortcut_conv else None
+        last = ops.main[-1]
+        if isinstance(last, ConvBN):
+            nn.init.zeros_(self.layer(last.bn.name).weight)
 
-    def forward(self, x: torch.Tensor, out_channels: int, expansion: int, kernel: int) -> torch.Tensor:
-        mid = x.shape[1] * expansion
-        y = activation(self.expand_bn(self.expand(x, mid)), self.act)
-        y = activation(self.depthwise_bn(self.depthwise(y, kernel)), self.act)
-        if self.se_reduce is not None and self.se_expand is not None:
-            s = F.adaptive_avg_pool2d(y, 1)
-            s = F.relu(self.se_reduce(s, se_width(mid)))
-            y = y * F.hardsigmoid(self.se_expand(s, mid))
-        y = self.project_bn(self.project(y, out_channels))
-        if self.shortcut is not None and self.shortcut_bn is not None:
-            return y + self.shortcut_bn(self.shortcut(x, out_channels))
-        return y + x
+    def _make(self, layer: Conv | Norm) -> nn.Module:
+        if isinstance(layer, Norm):
+            return ElasticBatchNorm(layer.channels)
+        if layer.depthwise:
+            return ElasticDepthwiseConv(layer.c_out, self.kernels, layer.stride)
+        return ElasticConv(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.bias)
+
+    def _conv(self, x: torch.Tensor, conv: Conv) -> torch.Tensor:
+        return self.layer(conv.name)(x, conv.kernel if conv.depthwise else conv.c_out)
+
+    def forward(self, x: torch.Tensor, ops: BlockOps) -> torch.Tensor:
+        return self.run(x, ops)
 
 
 class Supernet(nn.Module):
@@ -70,27 +63,12 @@ class Supernet(nn.Module):
         self.register_buffer("std", torch.tensor(inp.std).view(1, -1, 1, 1), persistent=False)
         self.stem = ElasticConv(inp.channels, space.stem.max_width, space.stem.kernel, space.stem.stride)
         self.stem_bn = ElasticBatchNorm(space.stem.max_width)
-        stages = []
-        c_in = space.stem.max_width
-        for spec in space.stages:
-            layers = []
-            for j in range(spec.max_depth):
-                layers.append(
-                    ElasticMBConv(
-                        max_in=c_in,
-                        max_out=spec.max_width,
-                        max_expansion=spec.max_expansion,
-                        kernels=spec.kernels,
-                        stride=spec.stride if j == 0 else 1,
-                        se=spec.se,
-                        act=spec.act,
-                        shortcut_conv=j == 0,
-                    )
-                )
-                c_in = spec.max_width
-            stages.append(nn.ModuleList(layers))
-        self.stages = nn.ModuleList(stages)
-        self.head = ElasticConv(c_in, space.head.width)
+        full = child_plan(biggest(space), space)
+        stages: list[list[ElasticMBConv]] = [[] for _ in space.stages]
+        for b in full.blocks:
+            stages[b.stage].append(ElasticMBConv(block_ops(b), space.stages[b.stage].kernels))
+        self.stages = nn.ModuleList(nn.ModuleList(layers) for layers in stages)
+        self.head = ElasticConv(full.head_in, space.head.width)
         self.head_bn = ElasticBatchNorm(space.head.width)
         self.classifier = nn.Linear(space.head.width, space.num_classes)
         nn.init.normal_(self.classifier.weight, std=0.01)
@@ -101,9 +79,8 @@ class Supernet(nn.Module):
         """Logits of child `arch` for native images `x` ([N, C, size, size], values in [0, 1])."""
         x = preprocess(x, arch.resolution, self.mean, self.std)
         x = activation(self.stem_bn(self.stem(x, arch.stem_width)), self.space.stem.act)
-        for stage_arch, layers in zip(arch.stages, self.stages, strict=True):
-            for j in range(stage_arch.depth):
-                x = layers[j](x, stage_arch.width, stage_arch.expansions[j], stage_arch.kernels[j])
+        for b in child_plan(arch, self.space).blocks:
+            x = self.stages[b.stage][b.index](x, block_ops(b))
         x = activation(self.head_bn(self.head(x, self.space.head.width)), self.space.head.act)
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         if dropout and self.space.dropout > 0:

@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from nag.space.arch import Architecture
+from nag.space.block import Conv, Norm, block_ops
 from nag.space.plan import BlockPlan, ChildPlan, child_plan
+from nag.supernet.block import MBConv
 from nag.supernet.layers import ElasticBatchNorm, ElasticConv, activation
 from nag.supernet.model import ElasticMBConv, Supernet, preprocess
 
@@ -17,31 +19,25 @@ def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, momentum=None)
 
 
-class StaticMBConv(nn.Module):
+class StaticMBConv(MBConv):
+    """The MBConv block of `nag.space.block` with plain layers of a child's sizes."""
+
     def __init__(self, b: BlockPlan):
         super().__init__()
-        self.act = b.act
-        self.expand = nn.Conv2d(b.c_in, b.mid, 1, bias=False)
-        self.expand_bn = _bn(b.mid)
-        self.depthwise = nn.Conv2d(b.mid, b.mid, b.kernel, b.stride, b.kernel // 2, groups=b.mid, bias=False)
-        self.depthwise_bn = _bn(b.mid)
-        self.se_reduce = nn.Conv2d(b.mid, b.se_mid, 1) if b.se_mid else None
-        self.se_expand = nn.Conv2d(b.se_mid, b.mid, 1) if b.se_mid else None
-        self.project = nn.Conv2d(b.mid, b.c_out, 1, bias=False)
-        self.project_bn = _bn(b.c_out)
-        self.shortcut = nn.Conv2d(b.c_in, b.c_out, 1, b.stride, bias=False) if b.shortcut_conv else None
-        self.shortcut_bn = _bn(b.c_out) if b.shortcut_conv else None
+        self.ops = block_ops(b)
+        self._add_layers(self.ops)
+
+    def _make(self, layer: Conv | Norm) -> nn.Module:
+        if isinstance(layer, Norm):
+            return _bn(layer.channels)
+        return nn.Conv2d(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.kernel // 2, groups=layer.groups,
+                         bias=layer.bias)
+
+    def _conv(self, x: torch.Tensor, conv: Conv) -> torch.Tensor:
+        return self.layer(conv.name)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = activation(self.expand_bn(self.expand(x)), self.act)
-        y = activation(self.depthwise_bn(self.depthwise(y)), self.act)
-        if self.se_reduce is not None and self.se_expand is not None:
-            s = F.relu(self.se_reduce(F.adaptive_avg_pool2d(y, 1)))
-            y = y * F.hardsigmoid(self.se_expand(s))
-        y = self.project_bn(self.project(y))
-        if self.shortcut is not None and self.shortcut_bn is not None:
-            return y + self.shortcut_bn(self.shortcut(x))
-        return y + x
+        return self.run(x, self.ops)
 
 
 class StaticChild(nn.Module):
@@ -88,21 +84,15 @@ def _copy_bn(dst: nn.BatchNorm2d, src: ElasticBatchNorm) -> None:
     dst.running_var.copy_(src.running_var[:c])
 
 
-def _copy_block(dst: StaticMBConv, src: ElasticMBConv, b: BlockPlan) -> None:
-    _copy_conv(dst.expand, src.expand)
-    _copy_bn(dst.expand_bn, src.expand_bn)
-    dst.depthwise.weight.copy_(src.depthwise.active_weight(b.mid, b.kernel))
-    _copy_bn(dst.depthwise_bn, src.depthwise_bn)
-    if dst.se_reduce is not None and src.se_reduce is not None:
-        _copy_conv(dst.se_reduce, src.se_reduce)
-    if dst.se_expand is not None and src.se_expand is not None:
-        _copy_conv(dst.se_expand, src.se_expand)
-    _copy_conv(dst.project, src.project)
-    _copy_bn(dst.project_bn, src.project_bn)
-    if dst.shortcut is not None and src.shortcut is not None and dst.shortcut_bn is not None \
-            and src.shortcut_bn is not None:
-        _copy_conv(dst.shortcut, src.shortcut)
-        _copy_bn(dst.shortcut_bn, src.shortcut_bn)
+def _copy_block(dst: StaticMBConv, src: ElasticMBConv) -> None:
+    for layer in dst.ops.layers():
+        out, elastic = dst.layer(layer.name), src.layer(layer.name)
+        if isinstance(layer, Norm):
+            _copy_bn(out, elastic)
+        elif layer.depthwise:
+            out.weight.copy_(elastic.active_weight(layer.c_out, layer.kernel))
+        else:
+            _copy_conv(out, elastic)
 
 
 @torch.no_grad()
@@ -115,7 +105,7 @@ def extract_child(supernet: Supernet, arch: Architecture) -> StaticChild:
     _copy_bn(child.stem_bn, supernet.stem_bn)
     blocks = iter(child.blocks)
     for b in plan.blocks:
-        _copy_block(next(blocks), supernet.stages[b.stage][b.index], b)
+        _copy_block(next(blocks), supernet.stages[b.stage][b.index])
     _copy_conv(child.head, supernet.head)
     _copy_bn(child.head_bn, supernet.head_bn)
     child.classifier.load_state_dict(supernet.classifier.state_dict())

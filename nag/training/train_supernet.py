@@ -34,9 +34,9 @@ from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY
 from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
+from nag.export.evaluate import child_accuracy, torch_child_accuracy
 from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
 from nag.space.space import SearchSpace
-from nag.supernet.evaluate import child_accuracy, torch_child_accuracy
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler

@@ -42,20 +42,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from nag.bundle.bundle import TRIPLETS_FILE, Bundle, DeviceModels
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.evaluator import Evaluator
 from nag.core.generator import Generator
 from nag.core.triplets import Triplet, read_triplets
 from nag.cost.store import Device
 from nag.space.arch import Architecture, biggest, from_tokens, smallest, to_tokens
-
-if TYPE_CHECKING:
-    from nag.bundle.bundle import Bundle, DeviceModels
 
 LADDER_BUDGETS = 48  # half geometric (fine at the low end), half linear (fine at the top) over the range
 PROPOSAL_CANDIDATES = 32  # samples per ladder budget; the evaluator keeps its best feasible one
@@ -195,7 +192,6 @@ def build_frontier(generator: Generator, evaluator: Evaluator, device: Device, a
                            tuple(budgets), time.perf_counter() - started)
 
 
-TRIPLETS_FILE = "triplets.jsonl"
 _LOCK = threading.Lock()
 
 
