@@ -47,7 +47,7 @@ def judge(ctx: Context, runs: list[Run]) -> tuple[dict[str, np.ndarray], dict[st
     measured: dict[str, float | None] = dict.fromkeys(unique)
     speed: dict[str, float] = {}
     profile = ctx.models.device.profile
-    if profile.kind != "flops":
+    if profile.device_kind.measured:
         log.info("measuring %d picks and the profile's reference architectures in ONNX Runtime", len(unique))
         now = measure_against_profile(list(unique.values()), ctx.space, profile,
                                       device_dir(ctx.bundle.root, ctx.device_name))

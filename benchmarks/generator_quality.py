@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     measured: list[float | None] = [None] * len(picks)
     at_profile: list[float | None] = [None] * len(picks)
     speed: dict[str, Any] = {}
-    if models.device.profile.kind != "flops":
+    if models.device.profile.device_kind.measured:
         print(f"measuring {len(picks)} picks in ONNX Runtime ...", flush=True)
         now = measure_against_profile([g.arch for g in picks], space, models.device.profile,
                                       device_dir(bundle.root, args.device))

@@ -14,7 +14,7 @@ import pytest
 
 from nag.bundle.bundle import load_bundle
 from nag.config import pipeline
-from nag.core.frontier import serving_frontier
+from nag.serving.frontier import serving_frontier
 from nag.cost.device import packaged_profile
 from nag.cost.predictor import FlopsCostModel
 from nag.cost.profiling import profile_device

@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from nag.cost.kinds import DeviceKind, registered_kinds
 from nag.errors import NagError
 
-KINDS = ("onnxruntime", "flops")
 PACKAGED_PROFILES = Path(__file__).resolve().parent / "profiles"
 # ONNX Runtime's graph optimisation levels: the same model ran 9x slower at BASIC than at ALL here.
 GRAPH_OPTIMIZATION_LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC",
@@ -27,7 +27,8 @@ class DeviceError(NagError):
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """How to measure latency on one device. `kind="flops"` is a pseudo-device whose cost is MMACs."""
+    """How to measure latency on one device. `kind` names its `DeviceKind`; `kind="flops"` is a pseudo-device
+    whose cost is MMACs."""
 
     name: str
     kind: str = "onnxruntime"
@@ -52,8 +53,8 @@ class DeviceProfile:
         problems = []
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
             problems.append(f"name {self.name!r} must be non-empty letters, digits, '-' or '_'")
-        if self.kind not in KINDS:
-            problems.append(f"kind {self.kind!r} must be one of {list(KINDS)}")
+        if self.kind not in registered_kinds():
+            problems.append(f"kind {self.kind!r} must be one of {list(registered_kinds())}")
         if min(self.intra_op_threads, self.batch_size, self.timed_runs, self.rounds) < 1 or self.warmup_runs < 0:
             problems.append("intra_op_threads, batch_size, timed_runs and rounds must be >= 1, warmup_runs >= 0")
         if not self.max_noise > 0 or not self.max_drift > 0:
@@ -67,21 +68,17 @@ class DeviceProfile:
             raise DeviceError(f"device profile {self.name!r} is invalid: " + "; ".join(problems))
 
     @property
+    def device_kind(self) -> DeviceKind:
+        return registered_kinds()[self.kind]  # registered: checked on construction
+
+    @property
     def unit(self) -> str:
         """The unit of this device's cost: milliseconds, or millions of MACs for the flops pseudo-device."""
-        return "MMACs" if self.kind == "flops" else "ms"
+        return self.device_kind.unit
 
     def contract(self) -> dict[str, Any]:
         """Everything the device's costs depend on: a served model's latency holds only under these settings."""
-        if self.kind == "flops":
-            return {"device": self.name, "cost": "analytic multiply-accumulates (MMACs); no runtime settings"}
-        return {
-            "device": self.name, "runtime": "onnxruntime", "runtime_version": self.runtime_version or "unrecorded",
-            "execution_provider": self.provider,
-            "graph_optimization_level": GRAPH_OPTIMIZATION_LEVELS[self.graph_optimization],
-            "intra_op_threads": self.intra_op_threads, "inter_op_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
-            "batch_size": self.batch_size, "model_format": self.model_format,
-        }
+        return self.device_kind.contract(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,37 +127,12 @@ def packaged_profile(name: str) -> DeviceProfile:
 
 
 def contract_problems(profile: DeviceProfile) -> tuple[list[str], list[str]]:
-    """(errors, warnings) about honouring `profile`'s runtime contract with the ONNX Runtime installed here.
-
-    An error: the execution provider is missing, or the profile was measured with another ONNX Runtime
-    major or minor version (its graph optimisations, hence the latencies, differ between releases).
-    A warning: the profile predates the recorded version."""
-    if profile.kind != "onnxruntime":
-        return [], []
-    import onnxruntime as ort
-
-    errors, warnings = [], []
-    if profile.provider not in ort.get_available_providers():
-        errors.append(f"device {profile.name!r} was measured with {profile.provider}, which this ONNX Runtime "
-                      f"does not have (available: {ort.get_available_providers()})")
-    if not profile.runtime_version:
-        warnings.append(f"device {profile.name!r} does not record the ONNX Runtime version it was measured with; "
-                        f"its budgets assume the one installed here ({ort.__version__}). Re-profile to record it")
-    elif profile.runtime_version.split(".")[:2] != ort.__version__.split(".")[:2]:
-        errors.append(f"device {profile.name!r} was measured with ONNX Runtime {profile.runtime_version}, this is "
-                      f"{ort.__version__}: its latency budgets may not hold. Re-profile the device here "
-                      f"(`nag profile-device --device {profile.name}`), or serve anyway with "
-                      f"--allow-contract-mismatch")
-    return errors, warnings
+    """(errors, warnings) about honouring `profile`'s runtime contract here (for ONNX Runtime: its execution
+    provider and version)."""
+    return profile.device_kind.contract_problems(profile)
 
 
 def check_runnable(profile: DeviceProfile) -> None:
-    """Raise DeviceError if ONNX Runtime here lacks the profile's execution provider."""
-    if profile.kind != "onnxruntime":
-        return
-    import onnxruntime as ort
-
-    available = ort.get_available_providers()
-    if profile.provider not in available:
-        raise DeviceError(f"device {profile.name!r} needs the execution provider {profile.provider}, which this "
-                          f"ONNX Runtime does not have (available: {available}); run the profiler on that device")
+    """Raise DeviceError if this machine cannot measure the device (for ONNX Runtime: lacks its execution
+    provider)."""
+    profile.device_kind.check_runnable(profile)

@@ -213,12 +213,6 @@ def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: D
     return [_summarise(a, space, t, profile.max_noise) for a, t in zip(archs, timings, strict=True)]
 
 
-def flops_measurement(arch: Architecture, space: SearchSpace) -> LatencyMeasurement:
-    macs = count_macs(arch, space)
-    v = macs / 1e6
-    return LatencyMeasurement(arch.arch_id, arch.to_json(), macs, v, v, v, (v,), 1, True)
-
-
 def _anchors(space: SearchSpace) -> list[Architecture]:
     return [smallest(space), sample_uniform(space, random.Random(0)), biggest(space)]
 
@@ -231,6 +225,15 @@ def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile
                       chunk_size: int = 50, retries: int = 2, seed: int = 0,
                       on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None
                       ) -> list[LatencyMeasurement]:
+    """Every architecture's cost on the device, as its kind measures it (`measure_onnxruntime` for ONNX Runtime)."""
+    return profile.device_kind.measure(archs, space, profile, chunk_size=chunk_size, retries=retries, seed=seed,
+                                       on_chunk=on_chunk)
+
+
+def measure_onnxruntime(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile, *,
+                        chunk_size: int = 50, retries: int = 2, seed: int = 0,
+                        on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None
+                        ) -> list[LatencyMeasurement]:
     """Measure every architecture in chunks of interleaved rounds, guarding against machine drift.
 
     A shared machine changes speed over minutes (here one chunk in eight ran 30% slower), which
@@ -240,11 +243,6 @@ def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile
     it stays off, its measurements are flagged unstable. Noisy single measurements are flagged too.
     `on_chunk` is called with each finished chunk (for progress and incremental saving).
     """
-    if profile.kind == "flops":
-        out = [flops_measurement(a, space) for a in archs]
-        if on_chunk and out:
-            on_chunk(out)
-        return out
     check_runnable(profile)
     rng = random.Random(seed)
     anchors = _anchors(space)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,19 +99,11 @@ def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfil
     folder = device_dir(bundle, profile.name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MEASUREMENTS_FILE
-    done = read_measurements(path) if path.exists() and profile.kind != "flops" else []
-    if profile.kind == "onnxruntime":
-        import onnxruntime as ort
-
-        if done and profile.runtime_version and profile.runtime_version != ort.__version__:
-            raise DeviceError(f"{path} was measured with ONNX Runtime {profile.runtime_version}, this is "
-                              f"{ort.__version__}: delete it to re-profile the device with this runtime")
-        if done and not profile.runtime_version:
-            log.warning("device %s: the %d measurements already taken do not record their ONNX Runtime version; "
-                        "recording %s", profile.name, len(done), ort.__version__)
-        profile = replace(profile, runtime_version=ort.__version__)  # part of the runtime contract
+    kind = profile.device_kind
+    done = read_measurements(path) if path.exists() and kind.measured else []
+    profile = kind.prepare_profiling(profile, done, path)
     atomic_write_bytes(folder / PROFILE_FILE, profile.to_json().encode())
-    if profile.kind == "flops":
+    if not kind.measured:
         return FitReport(None, {}, 0, 0)
     archs = sample_stratified(space, num_archs, random.Random(seed))
     measured_ids = {m.arch_id for m in done}

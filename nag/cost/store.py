@@ -16,9 +16,9 @@ import numpy as np
 from nag.artifacts import atomic_write_bytes
 from nag.cost.device import DeviceError, DeviceProfile
 from nag.cost.measure import LatencyMeasurement
-from nag.cost.predictor import CostModel, FlopsCostModel, LatencyPredictor
+from nag.cost.predictor import CostModel
 from nag.errors import CheckpointError
-from nag.space.arch import Architecture, biggest, smallest
+from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 
 PROFILE_FILE = "device.json"
@@ -113,11 +113,5 @@ def load_device(bundle: str | Path, name: str, space: SearchSpace) -> Device:
     profile = DeviceProfile.load(folder / PROFILE_FILE)
     if profile.name != name:
         raise DeviceError(f"{folder / PROFILE_FILE} describes device {profile.name!r}, but lies in folder {name!r}")
-    if profile.kind == "flops":
-        model: CostModel = FlopsCostModel(space)
-        lo, hi = (float(v) for v in model.predict([smallest(space), biggest(space)]))
-        return Device(profile, model, (lo, hi))
-    predictor = LatencyPredictor.load(folder / PREDICTOR_FILE, space)
-    if predictor.device != name:
-        raise DeviceError(f"{folder / PREDICTOR_FILE} was fitted for device {predictor.device!r}, not {name!r}")
-    return Device(profile, predictor, predictor.latency_range, read_serving_costs(folder))
+    model, cost_range = profile.device_kind.load_cost_model(folder, profile, space)
+    return Device(profile, model, cost_range, read_serving_costs(folder))

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from nag.bundle.bundle import Bundle
-from nag.cost.device import DeviceProfile, contract_problems
+from nag.cost.device import DeviceProfile
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import MEASUREMENTS_FILE, device_dir
 
@@ -40,7 +40,7 @@ class Speed:
 
 def is_local(profile: DeviceProfile) -> bool:
     """Whether this server can run the device's models under its contract (and so verify and calibrate)."""
-    return profile.kind == "onnxruntime" and not contract_problems(profile)[0]
+    return profile.device_kind.runs_here(profile)
 
 
 class SpeedCalibration:

@@ -17,7 +17,6 @@ import numpy as np
 
 from nag.bundle.bundle import Bundle
 from nag.cost.device import DeviceError
-from nag.cost.measure import measure_model
 from nag.export import GraphForm
 from nag.server.cache import ByteLRU
 from nag.server.calibration import Speed, SpeedCalibration, is_local
@@ -72,6 +71,8 @@ class ServiceConfig:
 GRAPH_FORMS = {pb.GRAPH_FORM_STANDARD: GraphForm.STANDARD, pb.GRAPH_FORM_PORTABLE: GraphForm.PORTABLE,
                pb.GRAPH_FORM_MOBILE: GraphForm.MOBILE}
 GRAPH_FORM_MESSAGES = {form: message for message, form in GRAPH_FORMS.items()}
+# The proto's enum per device kind; a kind without a value of its own is listed as DEVICE_KIND_UNSPECIFIED.
+DEVICE_KINDS = {"onnxruntime": pb.DEVICE_KIND_ONNXRUNTIME, "flops": pb.DEVICE_KIND_FLOPS}
 SPEED_STEP = 0.05
 # A pick measured over the budget is replaced by one predicted this much below the measured overshoot.
 STEP_DOWN_MARGIN = 0.03
@@ -313,7 +314,8 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             return recent[0]
         with self._computing(context, "latency verification"):
             started = time.perf_counter()
-            latency = measure_model(exported.onnx, req.models.device.profile, self.input_shape)
+            profile = req.models.device.profile
+            latency = profile.device_kind.measure_model(exported.onnx, profile, self.input_shape)
         self._observe("verify", time.perf_counter() - started)
         self.measured.put(key, (latency, time.monotonic()), 1)
         return latency
@@ -382,10 +384,9 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             for name, m in sorted(self.bundle.devices.items()):
                 p = m.device.profile
                 contract = p.contract()
-                kind = pb.DEVICE_KIND_FLOPS if p.kind == "flops" else pb.DEVICE_KIND_ONNXRUNTIME
                 devices.append(pb.Device(
-                    name=name, kind=kind, description=p.description,
-                    execution_provider=p.provider if p.kind != "flops" else "", intra_op_threads=p.intra_op_threads,
+                    name=name, kind=DEVICE_KINDS.get(p.kind, pb.DEVICE_KIND_UNSPECIFIED), description=p.description,
+                    execution_provider=contract.get("execution_provider", ""), intra_op_threads=p.intra_op_threads,
                     batch_size=p.batch_size, cost_unit=p.unit, min_cost=m.min_cost, max_cost=m.device.cost_range[1],
                     budgets=[float(b) for b in m.generator.budget.budgets],
                     runtime_version=contract.get("runtime_version", ""),

@@ -166,7 +166,7 @@ def evaluator_score(generator: Generator, evaluator: Evaluator) -> ScoreFn:
 
 def latency_margin(models: DeviceModels) -> float:
     """The device's default margin: `GENERATION.latency_margin` for measured latencies, none for analytic costs."""
-    return 0.0 if models.device.profile.kind == "flops" else GENERATION.latency_margin
+    return GENERATION.latency_margin if models.device.profile.device_kind.measured else 0.0
 
 
 def target_budget(budget: float, models: DeviceModels, margin: float | None = None) -> float:

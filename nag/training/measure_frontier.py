@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nag.bundle.bundle import Bundle, load_bundle, write_manifest
-from nag.core.frontier import serving_frontier
+from nag.serving.frontier import serving_frontier
 from nag.cost.device import DeviceError, contract_problems
 from nag.cost.measure import LatencyMeasurement
 from nag.cost.speed import measure_against_profile
@@ -61,7 +61,7 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
         raise DeviceError(f"unknown device {name!r}; this bundle has {sorted(bundle.devices)}")
     models = bundle.devices[name]
     profile = models.device.profile
-    if profile.kind != "onnxruntime":
+    if not profile.device_kind.measured:
         raise DeviceError(f"device {name!r} has analytic costs ({profile.unit}); there is nothing to measure")
     errors = contract_problems(profile)[0]
     if errors:
@@ -113,7 +113,7 @@ def _seal(bundle: Bundle, result: FrontierMeasurement) -> dict[str, Any]:
 def measurable_here(bundle: str | Path, name: str) -> bool:
     """Whether device `name` of the bundle has measured latency and this machine honours its contract."""
     profile = load_bundle(bundle).devices[name].device.profile
-    return profile.kind == "onnxruntime" and not contract_problems(profile)[0]
+    return profile.device_kind.runs_here(profile)
 
 
 def main(argv: list[str] | None = None) -> int:

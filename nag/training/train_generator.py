@@ -45,7 +45,7 @@ from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import EvaluatorConfig, train_evaluator
 from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
 from nag.core.triplets import read_triplets
-from nag.cost.device import packaged_profile
+from nag.cost.device import DeviceProfile, packaged_profile
 from nag.cost.profiling import profile_device
 from nag.cost.store import (
     PREDICTOR_FILE,
@@ -81,8 +81,8 @@ def ensure_devices(bundle: Path, cfg: PipelineConfig, space: Any) -> None:
     for name in cfg.devices:
         folder = device_dir(bundle, name)
         profile = packaged_profile(name) if not (folder / PROFILE_FILE).is_file() else None
-        kind = profile.kind if profile else json.loads((folder / PROFILE_FILE).read_text())["kind"]
-        if (folder / PROFILE_FILE).is_file() and (kind == "flops" or (folder / PREDICTOR_FILE).is_file()):
+        kind = (profile or DeviceProfile.load(folder / PROFILE_FILE)).device_kind
+        if (folder / PROFILE_FILE).is_file() and (not kind.measured or (folder / PREDICTOR_FILE).is_file()):
             continue
         log.info("stage 2/5: profiling device %s (%d architectures)", name, cfg.profile_archs)
         profile_device(bundle, space, profile or packaged_profile(name), num_archs=cfg.profile_archs, seed=cfg.seed)
