@@ -14,11 +14,11 @@ import pytest
 
 from nag.bundle.bundle import load_bundle
 from nag.config import pipeline
-from nag.serving.frontier import serving_frontier
 from nag.cost.device import packaged_profile
 from nag.cost.predictor import FlopsCostModel
 from nag.cost.profiling import profile_device
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, Device, device_dir, read_measurements
+from nag.serving.frontier import serving_frontier
 from nag.space.arch import biggest, smallest
 from nag.space.space import SearchSpace
 from nag.training.measure_frontier import measure_frontier

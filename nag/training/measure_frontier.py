@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from nag.bundle.bundle import Bundle, load_bundle, write_manifest
-from nag.serving.frontier import serving_frontier
 from nag.cost.device import DeviceError, contract_problems
 from nag.cost.measure import LatencyMeasurement
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, device_dir, read_measurements, write_measurements
 from nag.errors import NagError
+from nag.serving.frontier import serving_frontier
 from nag.space.arch import smallest
 
 log = logging.getLogger("measure_frontier")
