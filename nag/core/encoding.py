@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from nag.space.arch import Architecture, decisions, to_tokens
+from nag.space.dimensions import DEPTH
 from nag.space.space import SearchSpace
 
 
@@ -24,19 +25,9 @@ class TokenEncoder:
         self.dim = sum(self.sizes)
         self.offsets = torch.tensor([sum(self.sizes[:i]) for i in range(len(self.sizes))])
         # For each decision: the position of its stage's depth decision and its layer index (or -1).
-        depth_pos, layer = [], []
-        current_depth = -1
-        for i, d in enumerate(self.decisions):
-            if d.name.endswith(".depth"):
-                current_depth = i
-            if ".kernels[" in d.name or ".expansions[" in d.name:
-                depth_pos.append(current_depth)
-                layer.append(int(d.name.split("[")[-1].rstrip("]")))
-            else:
-                depth_pos.append(-1)
-                layer.append(-1)
-        self.depth_pos = torch.tensor(depth_pos)
-        self.layer = torch.tensor(layer)
+        depth_at = {d.stage: i for i, d in enumerate(self.decisions) if d.dimension.name == DEPTH}
+        self.depth_pos = torch.tensor([-1 if d.layer is None else depth_at[d.stage] for d in self.decisions])
+        self.layer = torch.tensor([-1 if d.layer is None else d.layer for d in self.decisions])
         # depth value of each depth token, per decision position (padded).
         width = max(self.sizes)
         values = torch.zeros(len(self.decisions), width, dtype=torch.long)

@@ -22,7 +22,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from nag.search.fitness import Fitness
-from nag.space.arch import Architecture, StageArch, from_tokens, mutate, sample_uniform, smallest, to_tokens
+from nag.space.arch import (
+    SPACE_DIMENSIONS,
+    Architecture,
+    assemble,
+    from_tokens,
+    mutate,
+    sample_uniform,
+    smallest,
+    to_tokens,
+)
+from nag.space.dimensions import Dimension, Scope, families, of_scope
 from nag.space.sampling import sample_tilted
 from nag.space.space import SearchSpace
 
@@ -181,17 +191,23 @@ def _level(choices: tuple[int, ...], level: int, levels: int) -> int:
 
 
 def skeletons(space: SearchSpace, levels: int = 3) -> list[Architecture]:
-    """BigNAS's coarse grid: every resolution × global depth, width, kernel and expansion levels."""
+    """BigNAS's coarse grid: every value of the global dimensions that no stage shares (the resolution) ×
+    one level per family of the stage dimensions (depth, width, kernel, expansion), shared by all stages
+    and by the global dimensions of the same family (the stem's width)."""
+    stage_families = families(of_scope(SPACE_DIMENSIONS, Scope.STAGE, Scope.LAYER))
+    free = [d for d in of_scope(SPACE_DIMENSIONS, Scope.GLOBAL) if d.family not in stage_families]
     out = []
-    for res, d, w, k, e in itertools.product(space.resolutions, range(levels), range(levels),
-                                             range(levels), range(levels)):
-        stages = []
-        for spec in space.stages:
-            depth = _level(spec.depths, d, levels)
-            stages.append(StageArch(depth, _level(spec.widths, w, levels), (_level(spec.kernels, k, levels),) * depth,
-                                    (_level(spec.expansions, e, levels),) * depth))
-        out.append(Architecture(res, _level(space.stem.widths, w, levels), tuple(stages)))
+    for combo in itertools.product(*(d.choices(space) for d in free), *(range(levels) for _ in stage_families)):
+        chosen = dict(zip((d.name for d in free), combo[:len(free)], strict=True))
+        out.append(_skeleton(space, chosen, dict(zip(stage_families, combo[len(free):], strict=True)), levels))
     return list({a.arch_id: a for a in out}.values())
+
+
+def _skeleton(space: SearchSpace, chosen: dict[str, int], level: dict[str, int], levels: int) -> Architecture:
+    def pick(dim: Dimension, _stage: int | None, choices: tuple[int, ...]) -> int:
+        return chosen[dim.name] if dim.name in chosen else _level(choices, level[dim.family], levels)
+
+    return assemble(space, pick)
 
 
 def coarse_to_fine_search(space: SearchSpace, cost: CostFn, budget: float, fitness: Fitness, rng: random.Random,

@@ -132,11 +132,9 @@ class RpcError(Exception):
 
 
 def _architecture_message(g: Generated) -> pb.Architecture:
-    return pb.Architecture(
-        resolution=g.arch.resolution, stem_width=g.arch.stem_width,
-        stages=[pb.Stage(depth=s.depth, width=s.width, kernels=list(s.kernels), expansions=list(s.expansions))
-                for s in g.arch.stages],
-    )
+    # The message's fields are the architecture's JSON fields (the space's declared dimensions).
+    raw = g.arch.to_dict()
+    return pb.Architecture(**{**raw, "stages": [pb.Stage(**s) for s in raw["stages"]]})
 
 
 class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):

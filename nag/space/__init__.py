@@ -1,9 +1,11 @@
 """Search spaces, architectures and their analytic costs."""
 
 from nag.space.arch import (
+    SPACE_DIMENSIONS,
     Architecture,
     Decision,
     StageArch,
+    assemble,
     biggest,
     decisions,
     from_tokens,
@@ -14,6 +16,7 @@ from nag.space.arch import (
     to_tokens,
     validate,
 )
+from nag.space.dimensions import Dimension, Scope
 from nag.space.neighbours import DIMENSIONS, with_dimension_of
 from nag.space.plan import BlockPlan, ChildPlan, child_plan, count_macs, count_params
 from nag.space.sampling import sample_stratified, sample_tilted
@@ -21,13 +24,17 @@ from nag.space.space import SearchSpace, StageSpec, load_space
 
 __all__ = [
     "DIMENSIONS",
+    "SPACE_DIMENSIONS",
     "Architecture",
     "BlockPlan",
     "ChildPlan",
     "Decision",
+    "Dimension",
+    "Scope",
     "SearchSpace",
     "StageArch",
     "StageSpec",
+    "assemble",
     "biggest",
     "child_plan",
     "count_macs",

@@ -1,4 +1,9 @@
-"""Architectures: immutable values of a search space, their JSON, ids, tokens, sampling and mutation."""
+"""Architectures: immutable values of a search space, their JSON, ids, tokens, sampling and mutation.
+
+The dimensions of the space are declared once, in `SPACE_DIMENSIONS`: the JSON, the validation, the
+tokens, sampling, the extremes and mutation below iterate it, as do the encoder, the one-dimension
+neighbours and the coarse search grid.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,13 @@ import functools
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nag.errors import ArchitectureError
+from nag.space.dimensions import DEPTH, Dimension, Scope, of_scope
 from nag.space.space import SearchSpace
 
 
@@ -24,12 +31,8 @@ class StageArch:
     expansions: tuple[int, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "depth": self.depth,
-            "width": self.width,
-            "kernels": list(self.kernels),
-            "expansions": list(self.expansions),
-        }
+        return {d.name: list(getattr(self, d.name)) if d.scope is Scope.LAYER else getattr(self, d.name)
+                for d in _PER_STAGE}
 
 
 @dataclass(frozen=True)
@@ -41,11 +44,7 @@ class Architecture:
     stages: tuple[StageArch, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "resolution": self.resolution,
-            "stem_width": self.stem_width,
-            "stages": [s.to_dict() for s in self.stages],
-        }
+        return {**{d.name: getattr(self, d.name) for d in _GLOBAL}, "stages": [s.to_dict() for s in self.stages]}
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no white space; equal architectures give equal strings."""
@@ -60,15 +59,9 @@ class Architecture:
     def from_dict(cls, raw: dict[str, Any], space: SearchSpace) -> Architecture:
         try:
             arch = cls(
-                resolution=_as_int(raw["resolution"], "resolution"),
-                stem_width=_as_int(raw["stem_width"], "stem_width"),
+                **{d.name: _as_int(raw[d.name], d.name) for d in _GLOBAL},
                 stages=tuple(
-                    StageArch(
-                        depth=_as_int(s["depth"], f"stages[{i}].depth"),
-                        width=_as_int(s["width"], f"stages[{i}].width"),
-                        kernels=tuple(_as_int(k, f"stages[{i}].kernels") for k in s["kernels"]),
-                        expansions=tuple(_as_int(e, f"stages[{i}].expansions") for e in s["expansions"]),
-                    )
+                    StageArch(**{d.name: _read(s, d, f"stages[{i}].{d.name}") for d in _PER_STAGE})
                     for i, s in enumerate(raw["stages"])
                 ),
             )
@@ -90,10 +83,32 @@ class Architecture:
         return cls.from_dict(raw, space)
 
 
+# The dimensions of the space, declared once; each names a field of the classes above (a test checks that
+# they agree). Within a scope, this order is the order of the tokens, of the JSON and of the validation.
+SPACE_DIMENSIONS: tuple[Dimension, ...] = (
+    Dimension("resolution", Scope.GLOBAL, source="resolutions", family="resolution"),
+    Dimension("stem_width", Scope.GLOBAL, source="stem.widths", family="width"),
+    Dimension("depth", Scope.STAGE, source="depths", family="depth"),
+    Dimension("width", Scope.STAGE, source="widths", family="width"),
+    Dimension("kernels", Scope.LAYER, source="kernels", family="kernel"),
+    Dimension("expansions", Scope.LAYER, source="expansions", family="expansion"),
+)
+_GLOBAL = of_scope(SPACE_DIMENSIONS, Scope.GLOBAL)
+_STAGE = of_scope(SPACE_DIMENSIONS, Scope.STAGE)
+_LAYER = of_scope(SPACE_DIMENSIONS, Scope.LAYER)
+_PER_STAGE = of_scope(SPACE_DIMENSIONS, Scope.STAGE, Scope.LAYER)  # the fields of `StageArch`
+
+
 def _as_int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ArchitectureError(f"{field}={value!r} must be an integer")
     return value
+
+
+def _read(raw: dict[str, Any], dimension: Dimension, field: str) -> int | tuple[int, ...]:
+    if dimension.scope is Scope.LAYER:
+        return tuple(_as_int(v, field) for v in raw[dimension.name])
+    return _as_int(raw[dimension.name], field)
 
 
 def validate(arch: Architecture, space: SearchSpace) -> None:
@@ -103,20 +118,20 @@ def validate(arch: Architecture, space: SearchSpace) -> None:
         if value not in choices:
             raise ArchitectureError(f"{field}={value} is not one of {list(choices)}")
 
-    check("resolution", arch.resolution, space.resolutions)
-    check("stem_width", arch.stem_width, space.stem.widths)
+    for d in _GLOBAL:
+        check(d.name, getattr(arch, d.name), d.choices(space))
     if len(arch.stages) != len(space.stages):
         raise ArchitectureError(f"stages has {len(arch.stages)} entries, the space has {len(space.stages)}")
-    for i, (stage, spec) in enumerate(zip(arch.stages, space.stages, strict=True)):
-        check(f"stages[{i}].depth", stage.depth, spec.depths)
-        check(f"stages[{i}].width", stage.width, spec.widths)
-        for name, values in (("kernels", stage.kernels), ("expansions", stage.expansions)):
+    for i, stage in enumerate(arch.stages):
+        for d in _STAGE:
+            check(f"stages[{i}].{d.name}", getattr(stage, d.name), d.choices(space, i))
+        for d in _LAYER:
+            values = getattr(stage, d.name)
             if len(values) != stage.depth:
-                raise ArchitectureError(f"stages[{i}].{name} has {len(values)} entries, depth is {stage.depth}")
-        for j, k in enumerate(stage.kernels):
-            check(f"stages[{i}].kernels[{j}]", k, spec.kernels)
-        for j, e in enumerate(stage.expansions):
-            check(f"stages[{i}].expansions[{j}]", e, spec.expansions)
+                raise ArchitectureError(f"stages[{i}].{d.name} has {len(values)} entries, depth is {stage.depth}")
+        for d in _LAYER:
+            for j, v in enumerate(getattr(stage, d.name)):
+                check(f"stages[{i}].{d.name}[{j}]", v, d.choices(space, i))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,35 +145,39 @@ class Decision:
 
     name: str
     choices: tuple[int, ...]
+    dimension: Dimension
+    stage: int | None = None  # None for a global dimension
+    layer: int | None = None  # the layer's index within its stage, for a layer dimension
+
+    def value_in(self, arch: Architecture) -> int | None:
+        """This decision's value in `arch`; None for a layer beyond its stage's depth."""
+        if self.stage is None:
+            return getattr(arch, self.dimension.name)
+        stage = arch.stages[self.stage]
+        if self.layer is None:
+            return getattr(stage, self.dimension.name)
+        return getattr(stage, self.dimension.name)[self.layer] if self.layer < stage.depth else None
 
 
 @functools.cache
 def decisions(space: SearchSpace) -> tuple[Decision, ...]:
-    """Resolution, stem width, then per stage depth and width, then per layer kernel and expansion.
+    """The global dimensions, then per stage its stage dimensions and then, layer by layer up to the
+    stage's biggest depth, its layer dimensions (resolution, stem width, per stage depth and width,
+    then per layer kernel and expansion).
 
     Cached per space (spaces are frozen): searches decode tens of thousands of token sequences.
     """
-    out = [Decision("resolution", space.resolutions), Decision("stem_width", space.stem.widths)]
+    out = [Decision(d.name, d.choices(space), d) for d in _GLOBAL]
     for i, spec in enumerate(space.stages):
-        out.append(Decision(f"stages[{i}].depth", spec.depths))
-        out.append(Decision(f"stages[{i}].width", spec.widths))
+        out += [Decision(f"stages[{i}].{d.name}", d.choices(space, i), d, i) for d in _STAGE]
         for j in range(spec.max_depth):
-            out.append(Decision(f"stages[{i}].kernels[{j}]", spec.kernels))
-            out.append(Decision(f"stages[{i}].expansions[{j}]", spec.expansions))
+            out += [Decision(f"stages[{i}].{d.name}[{j}]", d.choices(space, i), d, i, j) for d in _LAYER]
     return tuple(out)
 
 
 def to_tokens(arch: Architecture, space: SearchSpace) -> list[int]:
     """The fixed-length token sequence of `arch`; layers beyond a stage's depth get token 0."""
-    tokens = [space.resolutions.index(arch.resolution), space.stem.widths.index(arch.stem_width)]
-    for stage, spec in zip(arch.stages, space.stages, strict=True):
-        tokens += [spec.depths.index(stage.depth), spec.widths.index(stage.width)]
-        for j in range(spec.max_depth):
-            if j < stage.depth:
-                tokens += [spec.kernels.index(stage.kernels[j]), spec.expansions.index(stage.expansions[j])]
-            else:
-                tokens += [0, 0]
-    return tokens
+    return [0 if (v := d.value_in(arch)) is None else d.choices.index(v) for d in decisions(space)]
 
 
 def from_tokens(tokens: list[int] | tuple[int, ...], space: SearchSpace) -> Architecture:
@@ -169,52 +188,48 @@ def from_tokens(tokens: list[int] | tuple[int, ...], space: SearchSpace) -> Arch
     for pos, (tok, dec) in enumerate(zip(tokens, space_decisions, strict=True)):
         if not 0 <= int(tok) < len(dec.choices):
             raise ArchitectureError(f"token {pos} ({dec.name})={tok} is outside [0, {len(dec.choices)})")
-    it = iter(int(t) for t in tokens)
-    resolution = space.resolutions[next(it)]
-    stem_width = space.stem.widths[next(it)]
-    stages = []
-    for spec in space.stages:
-        depth = spec.depths[next(it)]
-        width = spec.widths[next(it)]
-        kernels, expansions = [], []
-        for j in range(spec.max_depth):
-            k, e = next(it), next(it)
-            if j < depth:
-                kernels.append(spec.kernels[k])
-                expansions.append(spec.expansions[e])
-        stages.append(StageArch(depth, width, tuple(kernels), tuple(expansions)))
-    return Architecture(resolution, stem_width, tuple(stages))
+    values: dict[str, Any] = {}
+    stages: list[dict[str, Any]] = [{d.name: () for d in _LAYER} for _ in space.stages]
+    for tok, dec in zip(tokens, space_decisions, strict=True):
+        value = dec.choices[int(tok)]
+        if dec.stage is None:
+            values[dec.dimension.name] = value
+        elif dec.layer is None:
+            stages[dec.stage][dec.dimension.name] = value
+        elif dec.layer < stages[dec.stage][DEPTH]:
+            stages[dec.stage][dec.dimension.name] += (value,)
+    return Architecture(**values, stages=tuple(StageArch(**s) for s in stages))
 
 
 # ---------------------------------------------------------------------------------------------
 # Sampling and mutation
 # ---------------------------------------------------------------------------------------------
 
+# Makes one decision: (dimension, stage or None for a global one, the choices) -> the value.
+Pick = Callable[[Dimension, int | None, tuple[int, ...]], int]
+
+
+def assemble(space: SearchSpace, pick: Pick) -> Architecture:
+    """An architecture with every decision made by `pick`: stage by stage its stage dimensions, then each
+    layer dimension for all the stage's layers, then the global dimensions. Seeded samplers draw in this
+    order, so changing it changes which architecture a seed gives."""
+    stages = []
+    for i in range(len(space.stages)):
+        values: dict[str, Any] = {d.name: pick(d, i, d.choices(space, i)) for d in _STAGE}
+        for d in _LAYER:
+            choices = d.choices(space, i)
+            values[d.name] = tuple(pick(d, i, choices) for _ in range(values[DEPTH]))
+        stages.append(StageArch(**values))
+    return Architecture(**{d.name: pick(d, None, d.choices(space)) for d in _GLOBAL}, stages=tuple(stages))
+
 
 def sample_uniform(space: SearchSpace, rng: random.Random) -> Architecture:
     """Every decision drawn uniformly and independently (depth first, then the active layers)."""
-    stages = []
-    for spec in space.stages:
-        depth = rng.choice(spec.depths)
-        stages.append(
-            StageArch(
-                depth=depth,
-                width=rng.choice(spec.widths),
-                kernels=tuple(rng.choice(spec.kernels) for _ in range(depth)),
-                expansions=tuple(rng.choice(spec.expansions) for _ in range(depth)),
-            )
-        )
-    return Architecture(rng.choice(space.resolutions), rng.choice(space.stem.widths), tuple(stages))
+    return assemble(space, lambda _d, _s, choices: rng.choice(choices))
 
 
-def _extreme(space: SearchSpace, pick: Any) -> Architecture:
-    stages = []
-    for spec in space.stages:
-        depth = pick(spec.depths)
-        stages.append(
-            StageArch(depth, pick(spec.widths), (pick(spec.kernels),) * depth, (pick(spec.expansions),) * depth)
-        )
-    return Architecture(pick(space.resolutions), pick(space.stem.widths), tuple(stages))
+def _extreme(space: SearchSpace, pick: Callable[[tuple[int, ...]], int]) -> Architecture:
+    return assemble(space, lambda _d, _s, choices: pick(choices))
 
 
 def smallest(space: SearchSpace) -> Architecture:
@@ -230,20 +245,16 @@ def biggest(space: SearchSpace) -> Architecture:
 def mutate(arch: Architecture, space: SearchSpace, rng: random.Random, prob: float = 0.1) -> Architecture:
     """Re-draw each decision with probability `prob` (a layer a deeper stage gains is drawn fresh)."""
     tokens = to_tokens(arch, space)
+    space_decisions = decisions(space)
     new = [
         rng.randrange(len(d.choices)) if rng.random() < prob else t
-        for t, d in zip(tokens, decisions(space), strict=True)
+        for t, d in zip(tokens, space_decisions, strict=True)
     ]
     # Layers that were inactive carry token 0; give them random choices so that a stage that grows
     # deeper does not always gain the smallest layers.
-    pos = 2
-    for stage, spec in zip(arch.stages, space.stages, strict=True):
-        pos += 2
-        for j in range(spec.max_depth):
-            if j >= stage.depth:
-                new[pos] = rng.randrange(len(spec.kernels))
-                new[pos + 1] = rng.randrange(len(spec.expansions))
-            pos += 2
+    for pos, d in enumerate(space_decisions):
+        if d.layer is not None and d.value_in(arch) is None:
+            new[pos] = rng.randrange(len(d.choices))
     return from_tokens(new, space)
 
 
@@ -259,4 +270,3 @@ def resolve_arch(spec: str, space: SearchSpace, seed: int = 0) -> Architecture:
     if path.suffix == ".json" and not path.is_file():
         raise ArchitectureError(f"{spec} is no architecture file")
     return Architecture.from_json(path.read_text() if path.suffix == ".json" else spec, space)
-

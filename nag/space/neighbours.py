@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-from nag.space.arch import Architecture, StageArch
+from nag.space.arch import SPACE_DIMENSIONS, Architecture, assemble
+from nag.space.dimensions import Dimension, Scope, families
 from nag.space.space import SearchSpace
 
-DIMENSIONS = ("resolution", "width", "depth", "kernel", "expansion")
+DIMENSIONS = families(SPACE_DIMENSIONS)  # resolution, width, depth, kernel, expansion
 
 
 def with_dimension_of(base: Architecture, other: Architecture, dimension: str, space: SearchSpace) -> Architecture:
     """`base` with one dimension copied from `other`; both have one kernel and expansion per stage (the
     smallest and the biggest child), so layers added by a deeper copy repeat `base`'s choice."""
-    def pick(mine: int, theirs: int, dim: str) -> int:
-        return theirs if dim == dimension else mine
+    def pick(dim: Dimension, stage: int | None, _choices: tuple[int, ...]) -> int:
+        source = other if dim.family == dimension else base
+        value = getattr(source if stage is None else source.stages[stage], dim.name)
+        return value[0] if dim.scope is Scope.LAYER else value
 
-    stages = []
-    for mine, theirs in zip(base.stages, other.stages, strict=True):
-        depth = pick(mine.depth, theirs.depth, "depth")
-        kernel = pick(mine.kernels[0], theirs.kernels[0], "kernel")
-        expansion = pick(mine.expansions[0], theirs.expansions[0], "expansion")
-        stages.append(StageArch(depth, pick(mine.width, theirs.width, "width"), (kernel,) * depth,
-                                (expansion,) * depth))
-    arch = Architecture(pick(base.resolution, other.resolution, "resolution"),
-                        pick(base.stem_width, other.stem_width, "width"), tuple(stages))
-    return Architecture.from_dict(arch.to_dict(), space)
+    return Architecture.from_dict(assemble(space, pick).to_dict(), space)

@@ -12,7 +12,7 @@ import math
 import random
 from collections.abc import Callable
 
-from nag.space.arch import Architecture, StageArch, biggest, smallest
+from nag.space.arch import Architecture, assemble, biggest, smallest
 from nag.space.plan import count_macs
 from nag.space.space import SearchSpace
 
@@ -26,17 +26,7 @@ def _tilted_choice(choices: tuple[int, ...], tilt: float, rng: random.Random) ->
 
 def sample_tilted(space: SearchSpace, tilt: float, rng: random.Random) -> Architecture:
     """Each decision drawn with probability ∝ exp(tilt · i / (n − 1)); tilt 0 is uniform sampling."""
-    stages = []
-    for spec in space.stages:
-        depth = _tilted_choice(spec.depths, tilt, rng)
-        stages.append(StageArch(
-            depth=depth,
-            width=_tilted_choice(spec.widths, tilt, rng),
-            kernels=tuple(_tilted_choice(spec.kernels, tilt, rng) for _ in range(depth)),
-            expansions=tuple(_tilted_choice(spec.expansions, tilt, rng) for _ in range(depth)),
-        ))
-    return Architecture(_tilted_choice(space.resolutions, tilt, rng), _tilted_choice(space.stem.widths, tilt, rng),
-                        tuple(stages))
+    return assemble(space, lambda _d, _s, choices: _tilted_choice(choices, tilt, rng))
 
 
 def sample_stratified(space: SearchSpace, n: int, rng: random.Random, *, bins: int = 20, pool_size: int = 8000,
