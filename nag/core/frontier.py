@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from nag.bundle.bundle import TRIPLETS_FILE
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.evaluator import Evaluator
 from nag.core.generator import Generator
@@ -195,7 +196,6 @@ def build_frontier(generator: Generator, evaluator: Evaluator, device: Device, a
                            tuple(budgets), time.perf_counter() - started)
 
 
-TRIPLETS_FILE = "triplets.jsonl"
 _LOCK = threading.Lock()
 
 
