@@ -34,9 +34,10 @@ import torch
 from benchmarks.frontier_stats import paired_bootstrap, verdict
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from nag.bundle import load_bundle
+from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE
 from nag.config import MIDDLE_SAMPLERS, profile
 from nag.core.encoding import TokenEncoder
-from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
+from nag.core.generator import Generator, token_cost, train_generator
 from nag.errors import NagError
 from nag.export.evaluate import child_accuracy, child_correct
 from nag.serving.inference import evaluator_score, pick_architecture
@@ -78,14 +79,14 @@ QUICK_FPNAS = FpnasSettings(seeds=1, steps=40, judge_samples=16)
 
 def train_variant(sampler: str, settings: AttentiveSettings, runs: Path) -> tuple[Path, dict[str, Any]]:
     out = runs / sampler
-    if not (out / "supernet.pt").is_file():
+    if not (out / SUPERNET_FILE).is_file():
         cfg = profile(settings.profile).with_overrides(middle_sampler=sampler)
         code = SupernetTrainer(cfg, out, Distributed()).run(resume=True)
         if code != 0:
             raise NagError(f"training the {sampler} supernet stopped with code {code}")
-    log_lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-    summary = json.loads((out / "summary.json").read_text())
-    return out / "supernet.pt", {"train_seconds": summary["train_seconds_this_run"], "summary": summary,
+    log_lines = [json.loads(line) for line in (out / SUPERNET_LOG_FILE).read_text().splitlines() if line.strip()]
+    summary = json.loads((out / SUPERNET_SUMMARY_FILE).read_text())
+    return out / SUPERNET_FILE, {"train_seconds": summary["train_seconds_this_run"], "summary": summary,
                                  "last_epoch": log_lines[-1]}
 
 
@@ -207,11 +208,11 @@ def run_fpnas(bundle_path: str, device: str, settings: FpnasSettings) -> tuple[d
     if device not in bundle.devices:
         raise NagError(f"unknown device {device!r}; the bundle has {sorted(bundle.devices)}")
     models = bundle.devices[device]
-    pipe = bundle.manifest["configs"]["pipeline"]
+    pipe = bundle.pipeline
     budgets = [float(b) for b in models.generator.budget.budgets]
-    base = GeneratorConfig(steps=settings.steps or int(pipe["generator_steps"]),
-                           samples_per_budget=int(pipe["samples_per_budget"]),
-                           entropy_weight=float(pipe["entropy_weight"]), log_every=10)
+    # PNAG's fixed N is the baseline the FP-NAS options are compared with, whatever the bundle used.
+    base = pipe.generator_config(steps=settings.steps or pipe.generator_steps, log_every=10, seed=0,
+                                 adaptive_lambda=None, factorized_steps=0)
     torch.manual_seed(0)
     h0 = initial_entropy(Generator(bundle.space, budgets, base.hidden, base.budget_dim), budgets)
     lam = base.samples_per_budget / h0  # K = N at the start, as FP-NAS compares λ = 1/4 with K = 14

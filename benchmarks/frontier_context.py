@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from nag.bundle.bundle import Bundle, DeviceModels
-from nag.core.generator import GeneratorConfig
+from nag.config import SERVING_CALIBRATION_IMAGES, GeneratorConfig
 from nag.data.datasets import ImageSet
 from nag.search.fitness import EvaluationCache, SupernetFitness
 from nag.serving.inference import target_budget
-from nag.serving.materialize import SERVING_CALIBRATION_IMAGES
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 
@@ -93,10 +92,8 @@ class Context:
         return SupernetFitness(self.bundle.trained.supernet, calib, self.val, self.cache)
 
     def generator_config(self, steps: int | None = None, seed: int = 0) -> GeneratorConfig:
-        pipe = self.bundle.manifest["configs"]["pipeline"]
-        return GeneratorConfig(steps=steps or int(pipe["generator_steps"]),
-                               samples_per_budget=int(pipe["samples_per_budget"]),
-                               entropy_weight=float(pipe["entropy_weight"]), seed=seed, log_every=10**9)
+        pipe = self.bundle.pipeline
+        return pipe.generator_config(steps=steps or pipe.generator_steps, seed=seed, log_every=10**9)
 
 
 def stable_seed(*parts: float | str) -> int:

@@ -18,10 +18,10 @@ from benchmarks.frontier_context import GOAL_MARGIN, NOISE_ALLOWANCE, Context, R
 from benchmarks.frontier_methods import equal_steps
 from benchmarks.frontier_stats import hypervolume, paired_bootstrap, regrets, verdict
 from benchmarks.results_io import machine
+from nag.config import SERVING_CALIBRATION_IMAGES
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import device_dir
 from nag.export.evaluate import child_correct
-from nag.serving.materialize import SERVING_CALIBRATION_IMAGES
 from nag.space.arch import Architecture
 
 log = logging.getLogger("frontier")
@@ -254,6 +254,6 @@ def assemble(ctx: Context, methods: list[str], budgets: list[float], ablation_bu
         result["table2_rewards"], result["table3_search"], result["table5_k"] = t2, t3, t5
     result["table4_seconds_per_budget"] = {m: main_data["summary"][m]["seconds_per_budget_median"]
                                            for m in main_data["methods"]}
-    result["one_off_seconds"] = {**ctx.one_off_seconds, "nag_bundle_models": ctx.bundle.manifest["metrics"]
+    result["one_off_seconds"] = {**ctx.one_off_seconds, "nag_bundle_models": ctx.bundle.metrics
                                  .get("build_seconds", {}).get("models")}
     return result

@@ -14,9 +14,10 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.frontier_context import SEARCHES, Context, Run, stable_seed
+from nag.bundle.bundle import TRIPLETS_FILE
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
+from nag.core.evaluator import Evaluator, train_evaluator
 from nag.core.generator import Generator, RewardFn, token_cost, train_generator
 from nag.core.rewards import REWARDS, PredictedObjectives
 from nag.core.triplets import read_triplets
@@ -45,7 +46,7 @@ def run_lookup(ctx: Context, budgets: list[float]) -> list[Run]:
     predictor as it is now) fits the target NAG's reply reports (`target_budget`): what serving can get
     without a generator. Deterministic, so one seed."""
     started = time.perf_counter()
-    triplets = read_triplets(ctx.bundle.root / "triplets.jsonl")
+    triplets = read_triplets(ctx.bundle.root / TRIPLETS_FILE)
     archs = [t.arch(ctx.space) for t in triplets]
     cost = np.asarray(ctx.cost(archs), dtype=float)
     acc = np.array([t.val_acc for t in triplets])
@@ -84,7 +85,7 @@ def run_search(ctx: Context, method: str, budgets: list[float], seeds: int) -> l
     predictor = None
     if method == "evolution-predictor":
         started = time.perf_counter()
-        triplets = read_triplets(ctx.bundle.root / "triplets.jsonl")
+        triplets = read_triplets(ctx.bundle.root / TRIPLETS_FILE)
         encoder = TokenEncoder(ctx.space)
         enc = encoder.encode_archs([t.arch(ctx.space) for t in triplets])
         predictor = fit_mlp_predictor(enc, np.array([t.val_acc for t in triplets]), MLPPredictorConfig())
@@ -125,7 +126,7 @@ def train_policy(ctx: Context, budgets: list[float], reward: Evaluator | RewardF
                  ) -> Generator:
     cfg = ctx.generator_config(steps, seed)
     torch.manual_seed(seed)
-    generator = Generator(ctx.space, budgets, cfg.hidden, cfg.budget_dim)
+    generator = Generator.for_config(ctx.space, budgets, cfg)
     train_generator(generator, reward, cfg, progress=False, cost=token_cost(ctx.cost, ctx.space))
     return generator
 
@@ -151,7 +152,7 @@ def run_independent(ctx: Context, budgets: list[float], seeds: int, steps: int, 
 
 
 def _triplet_tensors(ctx: Context) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[Architecture]]:
-    triplets = read_triplets(ctx.bundle.root / "triplets.jsonl")
+    triplets = read_triplets(ctx.bundle.root / TRIPLETS_FILE)
     archs = [t.arch(ctx.space) for t in triplets]
     enc = TokenEncoder(ctx.space).encode_archs(archs)
     cost = torch.tensor(ctx.cost(archs), dtype=torch.float64)
@@ -169,8 +170,7 @@ def run_reward_ablation(ctx: Context, budgets: list[float]) -> list[Run]:
         started = time.perf_counter()
         if name == "pareto-cost-only":
             enc, cost, acc, _ = _triplet_tensors(ctx)
-            steps = int(ctx.bundle.manifest["configs"]["pipeline"]["evaluator_steps"])
-            ecfg = EvaluatorConfig(steps=steps, rule="cost-only")
+            ecfg = ctx.bundle.pipeline.evaluator_config(rule="cost-only")
             evaluator, _ = train_evaluator(enc, cost, acc, train_budgets, ecfg, progress=False)
             generator = train_policy(ctx, train_budgets, evaluator, None, 0)
             score = evaluator_score(generator, evaluator)
@@ -197,7 +197,7 @@ def run_k_ablation(ctx: Context, budgets: list[float], k_values: tuple[int, ...]
     bundle_k = len(models.generator.budget.budgets)
     enc, cost, acc, _ = _triplet_tensors(ctx)
     lo, hi = float(cost.min()), float(cost.max())
-    steps = int(ctx.bundle.manifest["configs"]["pipeline"]["evaluator_steps"])
+    ecfg = ctx.bundle.pipeline.evaluator_config()
     runs = []
     for k in k_values:
         if k == bundle_k:
@@ -205,7 +205,7 @@ def run_k_ablation(ctx: Context, budgets: list[float], k_values: tuple[int, ...]
         else:
             started = time.perf_counter()
             train_budgets = even_budgets(lo, hi, k)
-            evaluator, _ = train_evaluator(enc, cost, acc, train_budgets, EvaluatorConfig(steps=steps), progress=False)
+            evaluator, _ = train_evaluator(enc, cost, acc, train_budgets, ecfg, progress=False)
             generator = train_policy(ctx, train_budgets, evaluator, None, 0)
             ctx.one_off_seconds[f"train_k{k}"] = time.perf_counter() - started
             log.info("K=%d trained in %.0f s", k, ctx.one_off_seconds[f"train_k{k}"])
@@ -218,8 +218,7 @@ def run_k_ablation(ctx: Context, budgets: list[float], k_values: tuple[int, ...]
 
 def equal_steps(ctx: Context) -> int:
     """Generator steps per budget for independent search: the bundle generator's steps shared over its K budgets."""
-    pipe = ctx.bundle.manifest["configs"]["pipeline"]
-    return max(1, int(pipe["generator_steps"]) // len(ctx.models.generator.budget.budgets))
+    return max(1, ctx.bundle.pipeline.generator_steps // len(ctx.models.generator.budget.budgets))
 
 
 def benchmark_budgets(ctx: Context, top: float) -> tuple[list[float], list[float]]:
@@ -245,7 +244,7 @@ def run_methods(ctx: Context, methods: list[str], budgets: list[float], ablation
         log.info("%s: %d picks in %.0f s", name, len(out), timings[name])
         return out
 
-    pipe = ctx.bundle.manifest["configs"]["pipeline"]
+    pipe = ctx.bundle.pipeline
     runs = timed("nag", lambda: run_nag(ctx, budgets, settings.nag_seeds))
     if ctx.models.frontier is not None:  # built by NAG's first call (`nag.serving.frontier`)
         ctx.one_off_seconds["nag_serving_frontier"] = ctx.models.frontier.seconds
@@ -266,7 +265,7 @@ def run_methods(ctx: Context, methods: list[str], budgets: list[float], ablation
     ablation_runs: list[Run] = []
     if ablations:
         ablation_runs += timed("independent-equal-samples", lambda: run_independent(
-            ctx, ablation_budgets, 1, int(pipe["generator_steps"]), "independent-equal-samples"))
+            ctx, ablation_budgets, 1, pipe.generator_steps, "independent-equal-samples"))
         ablation_runs += timed("rewards", lambda: run_reward_ablation(ctx, ablation_budgets))
         ablation_runs += timed("K", lambda: run_k_ablation(ctx, ablation_budgets, settings.k_values))
     return runs, ablation_runs, reference_runs

@@ -54,6 +54,7 @@ def _cmd_export_child(args: argparse.Namespace) -> int:
 def _cmd_profile_device(args: argparse.Namespace) -> int:
     import logging
 
+    from nag.config import PipelineConfig
     from nag.cost.device import DeviceProfile, packaged_profile
     from nag.cost.profiling import profile_device
     from nag.cost.store import PROFILE_FILE, device_dir
@@ -73,7 +74,8 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
     else:
         profile = packaged_profile(args.device)
     started = time.perf_counter()
-    report = profile_device(args.bundle, space, profile, num_archs=args.archs, seed=args.seed)
+    archs = PipelineConfig().profile_archs if args.archs is None else args.archs
+    report = profile_device(args.bundle, space, profile, num_archs=archs, seed=args.seed)
     folder = device_dir(args.bundle, profile.name)
     if report.predictor is None:
         print(f"device {profile.name}: analytic cost ({profile.unit}); nothing to measure. Wrote {folder}")
@@ -111,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--bundle", default="bundles/default", help="bundle directory; writes devices/<name>/ in it")
     d.add_argument("--profile-file", help="a device profile JSON for a new device")
     d.add_argument("--space", help="search-space JSON (default: the packaged default space)")
-    d.add_argument("--archs", type=int, default=400, help="architectures to measure (stratified over MACs)")
+    d.add_argument("--archs", type=int, help="architectures to measure (stratified over MACs)")
     d.add_argument("--seed", type=int, default=0,
                    help="seed for the sampled architectures, their measurement order and the predictor fit")
     g = sub.add_parser("generate", help="request a model for a budget from a server (or --local)")

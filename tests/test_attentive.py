@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from nag.bundle.bundle import load_generator, save_generator
-from nag.config import profile
+from nag.config import EvaluatorConfig, GeneratorConfig, profile
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, TokenCost, adaptive_sample_count, train_generator
+from nag.core.evaluator import train_evaluator
+from nag.core.generator import Generator, TokenCost, adaptive_sample_count, train_generator
 from nag.errors import NagError
 from nag.space import SearchSpace, count_macs, sample_stratified
 from nag.supernet import Supernet

@@ -6,7 +6,7 @@ import json
 import math
 import random
 import shutil
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 
 from nag.artifacts import load_artifact, save_artifact
 from nag.bundle import BundleError, load_bundle, load_evaluator, save_evaluator
-from nag.config import GENERATION
+from nag.config import GENERATION, EvaluatorConfig, GeneratorConfig, pipeline
 from nag.core.budgets import BudgetEmbedding, even_budgets
 from nag.core.dominance import dominance, dominance_tensor
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import Evaluator, EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, TokenCost, train_generator
+from nag.core.evaluator import Evaluator, train_evaluator
+from nag.core.generator import Generator, TokenCost, train_generator
 from nag.cost.device import DeviceError, packaged_profile
 from nag.serving.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
@@ -200,8 +200,17 @@ def test_bundle_manifest_is_verified(tiny_bundle: Path, tmp_path: Path) -> None:
         load_bundle(copy)
 
 
+def test_a_bundle_maps_its_saved_pipeline_to_the_configs_it_was_trained_with(tiny_bundle: Path) -> None:
+    bundle = load_bundle(tiny_bundle)
+    assert bundle.pipeline == pipeline("tiny")
+    saved = load_artifact(tiny_bundle / "devices" / "flops" / "generator.pt", "generator")["config"]
+    assert json.loads(saved) == asdict(bundle.pipeline.generator_config())
+    broken = replace(bundle, manifest={**bundle.manifest, "configs": {"pipeline": {"triplet": 3}}})
+    with pytest.raises(BundleError, match="unknown pipeline config fields"):
+        _ = broken.pipeline
+
+
 def test_a_device_dropped_into_the_bundle_is_trained_and_served(tiny_bundle: Path, tmp_path: Path) -> None:
-    from nag.config import pipeline
     from nag.cost.device import DeviceProfile
     from nag.training.train_generator import build
 

@@ -21,10 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from nag.cli import main as nag_main
 from nag.client import channel
+from nag.config import ServiceConfig
 from nag.errors import NagError
 from nag.server.app import RunningServer, ServerOptions
 from nag.server.app import main as serve_main
-from nag.server.service import ServiceConfig
 from nag.server.slots import FifoSlots
 from nag.serving.inference import SATURATION, generate
 from nag.v1 import generator_pb2 as pb
@@ -185,6 +185,7 @@ def _serve_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str
     (["--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"], "cannot read the TLS"),
     (["--tls-cert", "/nonexistent/cert.pem"], "go together"),
     (["--token-file", "/nonexistent/token"], "cannot read --token-file"),
+    (["--max-concurrent", "0"], "--max-concurrent and --candidates must be at least 1, --cache-mb not negative"),
 ])
 def test_serve_refuses_bad_options_in_one_line(tiny_bundle: Path, capsys: pytest.CaptureFixture[str],
                                                args: list[str], message: str) -> None:

@@ -22,8 +22,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.nginx.render import INSTALL_HINT, Nginx, find_nginx
 from nag.client import channel
+from nag.config import ServiceConfig
 from nag.server.app import RunningServer, ServerOptions
-from nag.server.service import ServiceConfig
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 

@@ -13,12 +13,13 @@ import torch
 
 from benchmarks.frontier_stats import hypervolume, paired_bootstrap, regrets, verdict
 from nag.bundle import load_bundle
+from nag.config import EvaluatorConfig, GeneratorConfig
 from nag.core.budgets import BudgetEmbedding
 from nag.core.dominance import dominance_tensor
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import EvaluatorConfig
-from nag.core.generator import Generator, GeneratorConfig, train_generator
+from nag.core.generator import Generator, train_generator
 from nag.core.rewards import PredictedObjectives, mnasnet_reward, tunas_reward
+from nag.errors import NagError
 from nag.search.baselines import (
     EvolutionConfig,
     FeasibleSampler,
@@ -159,7 +160,7 @@ def test_cost_only_rule_ignores_accuracy() -> None:
     budget = torch.tensor([5.0, 5.0])
     assert dominance_cost_only(cost1, acc1, cost2, acc2, budget).tolist() == [1.0, -1.0]
     assert dominance_tensor(cost1, acc1, cost2, acc2, budget).tolist() == [-1.0, 1.0]  # Eq. 6: accuracy decides
-    with pytest.raises(ValueError, match="rule"):
+    with pytest.raises(NagError, match="rule"):
         EvaluatorConfig(rule="fastest")
 
 

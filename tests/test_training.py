@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -267,3 +268,29 @@ def test_pipeline_config_errors_are_clear() -> None:
     with pytest.raises(NagError, match="default_device"):
         PipelineConfig(devices=("flops",), default_device="cpu")
     assert pipeline("tiny").default_device == "flops"
+
+
+def test_model_and_service_configs_check_themselves_the_same_way() -> None:
+    from nag.config import EvaluatorConfig, GeneratorConfig, ServiceConfig
+
+    with pytest.raises(NagError, match="invalid generator config: need 2 <= min_samples <= max_samples"):
+        GeneratorConfig(min_samples=1)
+    with pytest.raises(NagError, match="invalid evaluator config: rule must be one of"):
+        EvaluatorConfig(rule="fastest")
+    with pytest.raises(NagError, match="--max-concurrent and --candidates must be at least 1"):
+        ServiceConfig(max_concurrent=0)
+
+
+def test_a_pipeline_maps_to_its_evaluator_and_generator_configs() -> None:
+    from nag.config import PipelineConfig, pipeline
+
+    cfg = replace(pipeline("tiny"), adaptive_lambda=0.5, factorized_steps=3, seed=4)
+    assert PipelineConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    g = cfg.generator_config()
+    assert (g.steps, g.samples_per_budget, g.entropy_weight, g.adaptive_lambda, g.factorized_steps, g.seed) == \
+        (10, 8, 0.05, 0.5, 3, 4)
+    assert cfg.generator_config(seed=1).seed == 1
+    e = cfg.evaluator_config(rule="cost-only")
+    assert (e.steps, e.seed, e.rule) == (100, 4, "cost-only")
+    with pytest.raises(NagError, match="unknown pipeline config fields"):
+        PipelineConfig.from_dict({"triplet": 3})

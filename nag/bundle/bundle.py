@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
+from nag.config import PipelineConfig
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.evaluator import Evaluator
 from nag.core.generator import Generator
@@ -37,10 +38,13 @@ SUPERNET_FILE = "supernet.pt"
 ACCURACY_FILE = "accuracy_predictor.json"
 EVALUATOR_FILE = "evaluator.pt"
 GENERATOR_FILE = "generator.pt"
+EVALUATOR_REPORT_FILE = "evaluator_report.json"
+GENERATOR_LOG_FILE = "generator_log.jsonl"
 TRIPLETS_FILE = "triplets.jsonl"
 SUPERNET_LOG_FILE = "log.jsonl"
 SUPERNET_SUMMARY_FILE = "summary.json"
-SKIP = {MANIFEST_FILE, "checkpoint.pt"}
+CHECKPOINT_FILE = "checkpoint.pt"  # supernet training's, never part of a bundle
+SKIP = {MANIFEST_FILE, CHECKPOINT_FILE}
 BUNDLE_ENV = "NAG_BUNDLE"
 
 
@@ -233,6 +237,18 @@ class Bundle:
     @property
     def classes(self) -> list[str] | None:
         return self.trained.meta.get("classes")
+
+    @property
+    def pipeline(self) -> PipelineConfig:
+        """The config the bundle was built with: `pipeline.evaluator_config()` and `.generator_config()`
+        are how its evaluators and generators were trained."""
+        with _reading(self.root, f"{MANIFEST_FILE} (configs)"):
+            return PipelineConfig.from_dict(self.manifest["configs"]["pipeline"])
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """What the build measured (`make train-generator`): build seconds, held-out agreements, ..."""
+        return dict(self.manifest["metrics"])
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:

@@ -10,49 +10,17 @@ the budget, log(c / B) and [c ≤ B]; trained with the pairwise hinge loss of Eq
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from nag.config import EvaluatorConfig
 from nag.core.budgets import BudgetEmbedding
 from nag.core.dominance import DOMINANCE_RULES
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class EvaluatorConfig:
-    hidden: int = 256
-    budget_dim: int = 64
-    steps: int = 4000
-    batch_size: int = 1024
-    lr: float = 1e-3
-    # Strong decoupled weight decay keeps the generator from exploiting the evaluator off the triplets:
-    # on the default bundle (cpu, 8 budgets, 2 seeds) the picks' validation accuracy trailed the best
-    # triplet within budget by 0.67 points on average with 1e-5 and by 0.21 with 1.0 (held-out
-    # agreement 0.951-0.960 either way); with 1e-5 the policy settled on children the evaluator
-    # scored above every triplet, and stopped growing at about 0.27 ms.
-    weight_decay: float = 1.0
-    holdout_fraction: float = 0.15
-    eval_every: int = 200
-    patience: int = 5  # evaluations without improvement before stopping
-    eval_pairs_per_budget: int = 20_000
-    rule: str = "pareto"  # "cost-only" drops Eq. 6's accuracy constraint (the Table 2 ablation)
-    # Feed log(c / B) and [c ≤ B] of the predicted cost c. Without them the MLP has to infer cost from the
-    # one-hot encoding and learns a ramp instead of Eq. 6's step: on the default bundle a child at
-    # 0.126 ms reached its full score only at B ≈ 0.19 ms, so the generator kept a third of low budgets
-    # unused. With them (cpu, 11 budgets, 2 seeds) the picks' validation accuracy against the best
-    # triplet within budget went from -0.32 / -0.29 to +0.17 / +0.24 points (-1.04 / -0.42 to +0.58 /
-    # +0.49 at the three lowest budgets); held-out agreement 0.965-0.969 (0.950 without, seed 1).
-    cost_features: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.rule not in DOMINANCE_RULES:
-            raise ValueError(f"rule must be one of {sorted(DOMINANCE_RULES)}, got {self.rule!r}")
 
 
 COST_FEATURES = 2

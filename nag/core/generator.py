@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from nag.config import GeneratorConfig
 from nag.core.budgets import BudgetEmbedding
 from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator
@@ -35,36 +36,6 @@ from nag.space.arch import Architecture, from_tokens
 from nag.space.space import SearchSpace
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    hidden: int = 64
-    budget_dim: int = 64
-    steps: int = 400
-    samples_per_budget: int = 32  # N
-    lr: float = 1e-3
-    entropy_weight: float = 0.05  # λ
-    baseline_decay: float = 0.9  # moving-average baseline per budget
-    # Divide each budget's advantages by the spread of its rewards in the step: the evaluator's
-    # score scale differs between budgets, and raw scores made the policy collapse within 100 steps.
-    normalize_advantage: bool = True
-    log_every: int = 20
-    seed: int = 0
-    # FP-NAS adaptive sampling: samples per budget = clip(round(λ·H), min, max); None keeps N fixed.
-    adaptive_lambda: float | None = None
-    min_samples: int = 4
-    max_samples: int = 64
-    # FP-NAS coarse-to-fine: steps with the factorized distribution first (needs a factorized Generator).
-    factorized_steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.adaptive_lambda is not None and self.adaptive_lambda <= 0:
-            raise ValueError("adaptive_lambda must be > 0 (or None for a fixed sample count)")
-        if not 2 <= self.min_samples <= self.max_samples:
-            raise ValueError("need 2 <= min_samples <= max_samples")
-        if self.samples_per_budget < 2 or self.factorized_steps < 0:
-            raise ValueError("samples_per_budget must be >= 2 and factorized_steps >= 0")
 
 
 def adaptive_sample_count(entropy: torch.Tensor, lam: float, lo: int, hi: int) -> torch.Tensor:
@@ -103,6 +74,11 @@ class Generator(nn.Module):
             for head in self.heads:
                 nn.init.zeros_(head.weight)
                 nn.init.zeros_(head.bias)
+
+    @classmethod
+    def for_config(cls, space: SearchSpace, budgets: list[float], cfg: GeneratorConfig) -> Generator:
+        """A fresh generator of `cfg`'s size, factorized when `cfg` trains a coarse stage first."""
+        return cls(space, budgets, cfg.hidden, cfg.budget_dim, factorized=cfg.factorized_steps > 0)
 
     def sample(self, budget: torch.Tensor, generator: torch.Generator | None = None) -> Sample:
         """Sample one architecture per entry of `budget` (a batch), with log-probabilities and entropies."""

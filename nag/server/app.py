@@ -24,11 +24,12 @@ from grpc_reflection.v1alpha import reflection
 
 from nag import installed_version
 from nag.bundle.bundle import Bundle, bundle_or_default, load_bundle
+from nag.config import ServiceConfig
 from nag.cost.device import contract_problems
 from nag.errors import NagError
 from nag.server.calibration import CalibrationConfig, SpeedCalibration
 from nag.server.metrics import METHODS, ServerMetrics
-from nag.server.service import GeneratorService, ServiceConfig, add_service
+from nag.server.service import GeneratorService, add_service
 from nag.serving.frontier import serving_frontier
 from nag.serving.materialize import export_child
 from nag.space.arch import biggest
@@ -95,8 +96,6 @@ class ServerOptions:
             raise NagError("--grace and the drain time must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise NagError("--tls-cert and --tls-key go together")
-        if self.service.max_concurrent < 1 or self.service.cache_mb < 0 or self.service.default_candidates < 1:
-            raise NagError("--max-concurrent and --candidates must be at least 1, --cache-mb not negative")
 
 
 def _read_tls(options: ServerOptions) -> grpc.ServerCredentials | None:
@@ -209,10 +208,12 @@ class RunningServer:
         log.info("bundle %s loaded, devices %s; largest model %.2f MB; SERVING", bundle.bundle_id,
                  sorted(bundle.devices), largest / 1e6)
 
-    def stop(self, grace: float = 30.0, drain: float | None = None) -> None:
+    def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """Drain: new calls get UNAVAILABLE "shutting down" and health NOT_SERVING while in-flight calls
-        finish (up to `grace` seconds, and for at least `drain` seconds); then close the listener."""
+        finish (up to `grace` seconds, and for at least `drain` seconds; by default the options'); then close
+        the listener."""
         started = time.monotonic()
+        grace = self.options.grace_seconds if grace is None else grace
         self._stop_calibrating.set()
         self.service.draining.set()
         self.health.enter_graceful_shutdown()

@@ -9,13 +9,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 import numpy as np
 
 from nag.bundle.bundle import Bundle
+from nag.config import ServiceConfig
 from nag.cost.device import DeviceError
 from nag.export import GraphForm
 from nag.server.cache import ByteLRU
@@ -31,41 +31,13 @@ from nag.serving.inference import (
     generate_checked,
     resolve_device,
 )
-from nag.serving.materialize import SERVING_CALIBRATION_IMAGES, ExportedModel, export_child
+from nag.serving.materialize import ExportedModel, export_child
 from nag.serving.request import BudgetRequest, resolve_request
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class ServiceConfig:
-    default_candidates: int = 64
-    max_concurrent: int = 8  # RPCs handled at once; more are answered RESOURCE_EXHAUSTED
-    cache_mb: float = 256.0
-    calibration_images: int = SERVING_CALIBRATION_IMAGES
-    # Generation and export are CPU-bound torch work: running more at once only oversubscribes the
-    # cores and multiplies memory (a 32-client soak peaked at 1.3 GB RSS without this bound).
-    compute_concurrency: int = 1
-    pick_cache_entries: int = 100_000
-    frontier_points: int = 20
-    max_frontier_points: int = 200
-    # One GetFrontier call samples points x candidates architectures; this bounds its work (~2 s on the
-    # default bundle here) so that no call can hold the server for minutes.
-    max_frontier_samples: int = 16384
-    # Portable: right in OpenCV DNN 4.x/5.x and at every ONNX Runtime level, at no measured latency cost
-    # (portable / standard 0.995, geometric mean of 5 children: benchmarks/results/portable_graphs.md).
-    default_graph_form: GraphForm = GraphForm.PORTABLE
-    # Measure picks for local devices under the runtime contract before replying (a request can ask either
-    # way); over the budget, try up to `verification_steps` cheaper picks. Off by default: with it, the
-    # uncached p50 was 413 ms against 176 ms without (benchmarks/results/latency_promise.md), above the
-    # 150 ms bar a default must keep.
-    verify_latency: bool = False
-    verification_steps: int = 3
-    measurement_ttl_s: float = 30.0
-    calibrate_speed: bool = True
 
 
 GRAPH_FORMS = {pb.GRAPH_FORM_STANDARD: GraphForm.STANDARD, pb.GRAPH_FORM_PORTABLE: GraphForm.PORTABLE,

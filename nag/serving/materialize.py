@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from nag.bundle.bundle import Bundle
+from nag.config import SERVING_CALIBRATION_IMAGES
 from nag.export import GraphForm, build_onnx
 from nag.space.arch import Architecture
 from nag.supernet.static import calibrate_bn, extract_child
@@ -22,13 +23,6 @@ class ExportedModel:
     sha256: str
     arch_id: str
     timings: dict[str, float]  # seconds: slice, calibrate, export
-
-
-# BN calibration dominates an uncached request (133 ms for 250 images at ~9 MMACs here). Test accuracy
-# of four generated children with 64 / 128 / 250 / 2000 calibration images: 86.91/87.67/87.68/87.83,
-# 89.51/90.04/89.92/90.25, 89.68/90.16/90.16/90.31, 89.84/90.18/90.36/90.42: 128 is a tie with 250
-# (within the 0.3-point standard error) at under half the time; 64 costs up to 0.8 points.
-SERVING_CALIBRATION_IMAGES = 128
 
 
 def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = SERVING_CALIBRATION_IMAGES,

@@ -25,7 +25,9 @@ from nag.artifacts import atomic_write_bytes
 from nag.bundle.bundle import (
     ACCURACY_FILE,
     EVALUATOR_FILE,
+    EVALUATOR_REPORT_FILE,
     GENERATOR_FILE,
+    GENERATOR_LOG_FILE,
     MANIFEST_FILE,
     SPACE_FILE,
     SUPERNET_FILE,
@@ -42,8 +44,8 @@ from nag.config import profile as supernet_profile
 from nag.core.accuracy import AccuracyPredictor
 from nag.core.budgets import even_budgets
 from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import EvaluatorConfig, train_evaluator
-from nag.core.generator import Generator, GeneratorConfig, token_cost, train_generator
+from nag.core.evaluator import train_evaluator
+from nag.core.generator import Generator, token_cost, train_generator
 from nag.core.triplets import read_triplets
 from nag.cost.device import DeviceProfile, packaged_profile
 from nag.cost.profiling import profile_device
@@ -130,17 +132,15 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
             log.info("stage 5/5: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
                      len(budgets), budgets[0], budgets[-1], device.unit)
-            ecfg = EvaluatorConfig(steps=cfg.evaluator_steps, seed=cfg.seed)
+            ecfg = cfg.evaluator_config()
             evaluator, ereport = train_evaluator(enc, cost, acc, budgets, ecfg, progress)
             save_evaluator(folder / EVALUATOR_FILE, evaluator, encoder.dim, ecfg.hidden, ecfg.budget_dim, ereport)
-            atomic_write_bytes(folder / "evaluator_report.json", json.dumps(ereport, indent=1).encode())
-            gcfg = GeneratorConfig(steps=cfg.generator_steps, samples_per_budget=cfg.samples_per_budget,
-                                   entropy_weight=cfg.entropy_weight, adaptive_lambda=cfg.adaptive_lambda,
-                                   factorized_steps=cfg.factorized_steps, seed=cfg.seed)
+            atomic_write_bytes(folder / EVALUATOR_REPORT_FILE, json.dumps(ereport, indent=1).encode())
+            gcfg = cfg.generator_config()
             torch.manual_seed(cfg.seed)
-            generator = Generator(space, budgets, gcfg.hidden, gcfg.budget_dim, factorized=gcfg.factorized_steps > 0)
+            generator = Generator.for_config(space, budgets, gcfg)
             history = train_generator(generator, evaluator, gcfg, token_cost(device.predict, space),
-                                      folder / "generator_log.jsonl", progress)
+                                      folder / GENERATOR_LOG_FILE, progress)
             save_generator(folder / GENERATOR_FILE, generator, gcfg.__dict__)
             last = history[-1] if history else {}
             metrics["devices"][name] = {
@@ -187,7 +187,7 @@ def measure_frontiers(bundle: Path, rebuilt: set[str]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--profile", default="default")
+    p.add_argument("--profile", default=PipelineConfig().profile)
     p.add_argument("--bundle", help="bundle directory (default: bundles/<profile>)")
     p.add_argument("--retrain", action="store_true", help="retrain evaluators and generators even if present")
     p.add_argument("--run-dir", type=Path, help="where the supernet trains and checkpoints (default: runs/<profile>)")

@@ -30,7 +30,7 @@ from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
 from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
-from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE
+from nag.bundle.bundle import CHECKPOINT_FILE, SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE
 from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profile
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
@@ -154,7 +154,7 @@ class SupernetTrainer:
     # -- checkpoints ----------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
-        return self.out / "checkpoint.pt"
+        return self.out / CHECKPOINT_FILE
 
     def save_checkpoint(self) -> None:
         if not self.dist.is_main:
@@ -365,9 +365,9 @@ class SupernetTrainer:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nag train-supernet", description=__doc__.split("\n")[1])
-    p.add_argument("--profile", default="default", help="demo, default or tiny")
+    p.add_argument("--profile", default=SupernetTrainConfig().profile, help="demo, default or tiny")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/<profile>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
+    p.add_argument("--resume", action="store_true", help=f"continue from <out>/{CHECKPOINT_FILE}")
     p.add_argument("--epochs", type=int)
     p.add_argument("--train-subset", type=int)
     p.add_argument("--seed", type=int)
@@ -379,8 +379,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
     p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
-                   help="how the two middle children of each sandwich step are chosen (default: uniform)")
-    p.add_argument("--attentive-candidates", type=int, help="k candidates per attentive draw (default 3)")
+                   help="how the two middle children of each sandwich step are chosen (default: the profile's, "
+                        f"{profile(SupernetTrainConfig().profile).middle_sampler} in the default profile)")
+    p.add_argument("--attentive-candidates", type=int,
+                   help=f"k candidates per attentive draw (default {SupernetTrainConfig().attentive_candidates})")
     p.add_argument("--average-at-floor", action="store_true", default=None,
                    help="ship the average of the weights over the constant-LR ending (stochastic weight averaging)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: cores / processes)")

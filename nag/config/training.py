@@ -1,13 +1,13 @@
-"""Typed configuration: every training knob lives here, and profiles are named sets of them."""
+"""Supernet training: every knob of `nag train-supernet`, and the profiles, named sets of them."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from nag.config.checks import check, known_fields, named
 from nag.data.source import DataSource
-from nag.errors import NagError
 
 MIDDLE_SAMPLERS = ("uniform", "stratified", "attentive-best", "attentive-worst")
 ATTENTIVE_PROXIES = ("loss", "predictor")
@@ -78,8 +78,7 @@ class SupernetTrainConfig:
             problems.append("num_middle_children and crop_pad must be >= 0")
         if self.calib_size < self.calib_batch:
             problems.append("calib_size must be at least calib_batch")
-        if problems:
-            raise NagError("invalid training config: " + "; ".join(problems))
+        check(problems, "invalid training config: ")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,11 +88,7 @@ class SupernetTrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SupernetTrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise NagError(f"unknown training config fields: {sorted(unknown)}")
-        raw = dict(raw)
+        raw = known_fields(cls, raw, "training")
         if isinstance(raw.get("data"), dict):
             raw["data"] = DataSource(**raw["data"])
         return cls(**raw)
@@ -118,76 +113,4 @@ PROFILES: dict[str, SupernetTrainConfig] = {
 
 
 def profile(name: str) -> SupernetTrainConfig:
-    if name not in PROFILES:
-        raise NagError(f"unknown profile {name!r}; known profiles: {sorted(PROFILES)}")
-    return PROFILES[name]
-
-
-@dataclass(frozen=True)
-class GenerationConfig:
-    """Serving-time choices of `nag.generate`."""
-
-    # Share of a measured-latency budget kept free for the latency predictor's error and the machine's
-    # drift since profiling: the pick is generated for B·(1 − margin). The default cpu predictor is off
-    # by more than 5% on 13% of held-out children, most often below 0.1 ms, and picks sit at 90-99% of
-    # their budget; analytic costs (`flops`) are exact and get no margin.
-    latency_margin: float = 0.03
-
-
-GENERATION = GenerationConfig()
-
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """Everything `make train-generator` builds after the supernet, per profile."""
-
-    profile: str = "default"
-    devices: tuple[str, ...] = ("cpu", "flops")
-    default_device: str = "cpu"
-    profile_archs: int = 400  # architectures measured per device
-    triplets: int = 1000
-    triplet_val_images: int = 1500
-    triplet_calib_images: int = 250
-    num_budgets: int = 10  # K
-    evaluator_steps: int = 4000
-    generator_steps: int = 400
-    samples_per_budget: int = 32  # N
-    entropy_weight: float = 0.05  # λ (with per-budget normalised advantages)
-    # FP-NAS options for generator training (off: `benchmarks/ablations.py` did not show a gain).
-    adaptive_lambda: float | None = None  # samples per budget = λ·entropy instead of N
-    factorized_steps: int = 0  # coarse-to-fine: factorized distribution for the first steps
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if not self.devices or self.default_device not in self.devices:
-            problems.append("devices must be non-empty and hold default_device")
-        counts = {"profile_archs": self.profile_archs, "triplets": self.triplets, "num_budgets": self.num_budgets,
-                  "evaluator_steps": self.evaluator_steps, "generator_steps": self.generator_steps,
-                  "samples_per_budget": self.samples_per_budget, "triplet_val_images": self.triplet_val_images,
-                  "triplet_calib_images": self.triplet_calib_images}
-        problems += [f"{name} must be >= 1" for name, value in counts.items() if value < 1]
-        if self.entropy_weight < 0 or self.factorized_steps < 0:
-            problems.append("entropy_weight and factorized_steps must be >= 0")
-        if problems:
-            raise NagError("invalid pipeline config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-PIPELINES: dict[str, PipelineConfig] = {
-    "default": PipelineConfig(),
-    # A few minutes end to end on 2 CPU cores, supernet included.
-    "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
-                           evaluator_steps=600, generator_steps=100),
-    "tiny": PipelineConfig(profile="tiny", devices=("flops",), default_device="flops", profile_archs=10,
-                           triplets=40, triplet_val_images=200, evaluator_steps=100, generator_steps=10,
-                           samples_per_budget=8),
-}
-
-
-def pipeline(name: str) -> PipelineConfig:
-    if name not in PIPELINES:
-        raise NagError(f"unknown profile {name!r}; known profiles: {sorted(PIPELINES)}")
-    return PIPELINES[name]
+    return named(PROFILES, name)

@@ -1,0 +1,85 @@
+"""What `make train-generator` builds after the supernet, per profile, and the one mapping from it (as a
+bundle's manifest records it) to the evaluator's and the generator's training configs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from nag.config.checks import check, known_fields, named
+from nag.config.models import EvaluatorConfig, GeneratorConfig
+
+_EVALUATOR = EvaluatorConfig()
+_GENERATOR = GeneratorConfig()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything `make train-generator` builds after the supernet, per profile."""
+
+    profile: str = "default"
+    devices: tuple[str, ...] = ("cpu", "flops")
+    default_device: str = "cpu"
+    profile_archs: int = 400  # architectures measured per device
+    triplets: int = 1000
+    triplet_val_images: int = 1500
+    triplet_calib_images: int = 250
+    num_budgets: int = 10  # K
+    evaluator_steps: int = _EVALUATOR.steps
+    generator_steps: int = _GENERATOR.steps
+    samples_per_budget: int = _GENERATOR.samples_per_budget  # N
+    entropy_weight: float = _GENERATOR.entropy_weight  # λ (with per-budget normalised advantages)
+    # FP-NAS options for generator training (off: `benchmarks/ablations.py` did not show a gain).
+    adaptive_lambda: float | None = _GENERATOR.adaptive_lambda  # samples per budget = λ·entropy instead of N
+    factorized_steps: int = _GENERATOR.factorized_steps  # coarse-to-fine: factorized distribution first
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.devices or self.default_device not in self.devices:
+            problems.append("devices must be non-empty and hold default_device")
+        counts = {"profile_archs": self.profile_archs, "triplets": self.triplets, "num_budgets": self.num_budgets,
+                  "evaluator_steps": self.evaluator_steps, "generator_steps": self.generator_steps,
+                  "samples_per_budget": self.samples_per_budget, "triplet_val_images": self.triplet_val_images,
+                  "triplet_calib_images": self.triplet_calib_images}
+        problems += [f"{name} must be >= 1" for name, value in counts.items() if value < 1]
+        if self.entropy_weight < 0 or self.factorized_steps < 0:
+            problems.append("entropy_weight and factorized_steps must be >= 0")
+        check(problems, "invalid pipeline config: ")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> PipelineConfig:
+        """The config `to_dict` wrote (a bundle's manifest holds it); a field it lacks keeps its default."""
+        kwargs = known_fields(cls, raw, "pipeline")
+        if "devices" in kwargs:
+            kwargs["devices"] = tuple(kwargs["devices"])
+        return cls(**kwargs)
+
+    def evaluator_config(self, **overrides: Any) -> EvaluatorConfig:
+        """How this pipeline trains each device's evaluator, with `overrides` (fields of `EvaluatorConfig`)."""
+        return EvaluatorConfig(**{"steps": self.evaluator_steps, "seed": self.seed, **overrides})
+
+    def generator_config(self, **overrides: Any) -> GeneratorConfig:
+        """How this pipeline trains each device's generator, with `overrides` (fields of `GeneratorConfig`)."""
+        return GeneratorConfig(**{"steps": self.generator_steps, "samples_per_budget": self.samples_per_budget,
+                                  "entropy_weight": self.entropy_weight, "adaptive_lambda": self.adaptive_lambda,
+                                  "factorized_steps": self.factorized_steps, "seed": self.seed, **overrides})
+
+
+PIPELINES: dict[str, PipelineConfig] = {
+    "default": PipelineConfig(),
+    # A few minutes end to end on 2 CPU cores, supernet included.
+    "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
+                           evaluator_steps=600, generator_steps=100),
+    "tiny": PipelineConfig(profile="tiny", devices=("flops",), default_device="flops", profile_archs=10,
+                           triplets=40, triplet_val_images=200, evaluator_steps=100, generator_steps=10,
+                           samples_per_budget=8),
+}
+
+
+def pipeline(name: str) -> PipelineConfig:
+    return named(PIPELINES, name)
