@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nag.config.checks import check
-from nag.core.dominance import DOMINANCE_RULES
+
+# The evaluator's dominance rules, by name (`nag.core.dominance` holds their functions).
+DOMINANCE_RULE_NAMES = ("pareto", "cost-only")
 
 
 @dataclass(frozen=True)
@@ -38,8 +40,8 @@ class EvaluatorConfig:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.rule not in DOMINANCE_RULES:
-            problems.append(f"rule must be one of {sorted(DOMINANCE_RULES)}, got {self.rule!r}")
+        if self.rule not in DOMINANCE_RULE_NAMES:
+            problems.append(f"rule must be one of {sorted(DOMINANCE_RULE_NAMES)}, got {self.rule!r}")
         check(problems, "invalid evaluator config: ")
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from nag.config.models import DOMINANCE_RULE_NAMES
+
 
 def dominance(cost1: float, acc1: float, cost2: float, acc2: float, budget: float) -> int:
     """+1 if β1 dominates β2 under `budget`, else −1 (PNAG Eq. 6, case by case)."""
@@ -29,4 +31,4 @@ def dominance_cost_only(cost1: torch.Tensor, acc1: torch.Tensor, cost2: torch.Te
 
 
 # d(cost1, acc1, cost2, acc2, budget) -> ±1, element-wise.
-DOMINANCE_RULES = {"pareto": dominance_tensor, "cost-only": dominance_cost_only}
+DOMINANCE_RULES = dict(zip(DOMINANCE_RULE_NAMES, (dominance_tensor, dominance_cost_only), strict=True))
