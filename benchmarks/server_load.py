@@ -47,13 +47,16 @@ def _rss_mb(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, bundle: str, cache_mb: float, max_concurrent: int, extra: list[str] | None = None):
+    def __init__(self, bundle: str, cache_mb: float, max_concurrent: int, extra: list[str] | None = None,
+                 cores: set[int] | None = None):
+        """A `nag serve` process; `cores` confines it (every thread) to those CPU cores."""
         self.port = _free_port()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nag.cli", "serve", "--bundle", bundle, "--port", str(self.port),
              "--metrics-port", "-1", "--cache-mb", str(cache_mb), "--max-concurrent", str(max_concurrent),
              "--workers", str(max_concurrent + 8), *(extra or [])],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
         with channel(self.address) as ch:
             grpc.channel_ready_future(ch).result(timeout=120)
             h = health_pb2_grpc.HealthStub(ch)

@@ -60,4 +60,6 @@ class ServiceConfig:
         # Named by their `nag serve` flags, as `nag serve` prints the message as it is.
         if self.max_concurrent < 1 or self.cache_mb < 0 or self.default_candidates < 1:
             problems.append("--max-concurrent and --candidates must be at least 1, --cache-mb not negative")
+        if not self.measurement_ttl_s >= 0:
+            problems.append(f"--measurement-ttl must be a number of seconds >= 0, got {self.measurement_ttl_s}")
         check(problems, "")

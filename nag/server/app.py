@@ -280,6 +280,8 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-latency", action="store_true",
                    help="measure picks for local devices before replying unless a request says not to "
                         "(default: only requests that ask)")
+    p.add_argument("--measurement-ttl", type=float, default=service.measurement_ttl_s,
+                   help="seconds a verified pick's measured latency is reused (0: measure every reply)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
                    help="do not measure this machine's speed against the device profiles (speed stays 1)")
     p.add_argument("--allow-contract-mismatch", action="store_true",
@@ -309,7 +311,7 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
         workers=args.workers,
         service=ServiceConfig(default_candidates=args.candidates, max_concurrent=args.max_concurrent,
                               cache_mb=args.cache_mb, verify_latency=args.verify_latency,
-                              calibrate_speed=args.calibrate),
+                              measurement_ttl_s=args.measurement_ttl, calibrate_speed=args.calibrate),
         tls_cert=args.tls_cert, tls_key=args.tls_key, token=_token(args), grace_seconds=args.grace,
         allow_contract_mismatch=args.allow_contract_mismatch,
     )
