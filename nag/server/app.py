@@ -277,9 +277,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
                                    f"prefer {TOKEN_ENV} or --token-file")
     p.add_argument("--grace", type=float, default=defaults.grace_seconds,
                    help="seconds in-flight calls get on SIGTERM")
-    p.add_argument("--verify-latency", action="store_true",
-                   help="measure picks for local devices before replying unless a request says not to "
-                        "(default: only requests that ask)")
+    p.add_argument("--verify-latency", action=argparse.BooleanOptionalAction, default=service.verify_latency,
+                   help="measure picks for local devices under their runtime contract before replying, stepping "
+                        "down when over the budget, unless a request says not to")
     p.add_argument("--measurement-ttl", type=float, default=service.measurement_ttl_s,
                    help="seconds a verified pick's measured latency is reused (0: measure every reply)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
