@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 
 from benchmarks.results_io import machine, markdown_table, write_results
-from benchmarks.server_load import Server, _free_port
+from benchmarks.server_load import Server, _free_port, budget_request
 from deploy.nginx.render import Nginx, find_nginx
 from nag.client import channel
 from nag.v1 import generator_pb2 as pb
@@ -115,12 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = np.linspace(device.min_cost * 1.2, device.max_cost, 16)
 
     def request(budget: float, seed: int) -> pb.GenerateForBudgetRequest:
-        r = pb.GenerateForBudgetRequest(device=args.device, seed=seed)
-        if device.cost_unit == "ms":
-            r.latency_ms = budget
-        else:
-            r.macs = budget * 1e6
-        return r
+        return budget_request(device, budget, seed)
 
     run_id = [0]  # uncached seeds never repeat across runs
 

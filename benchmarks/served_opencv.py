@@ -27,7 +27,7 @@ from benchmarks.server_load import Server
 from nag.bundle import load_bundle
 from nag.client import channel
 from nag.data import DataSource
-from nag.data.datasets import load_test_set
+from nag.data.source import load_test_set
 from nag.export import INPUT_NAME
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc

@@ -23,10 +23,9 @@ from typing import Any
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks.results_io import machine, markdown_table, write_results
-from nag.client import channel
+from nag.client import channel, wait_until_serving
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 
@@ -46,6 +45,16 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def budget_request(device: pb.Device, budget: float, seed: int) -> pb.GenerateForBudgetRequest:
+    """A request for `budget` in the device's own unit (ms, or MMACs for an analytic device)."""
+    r = pb.GenerateForBudgetRequest(device=device.name, seed=seed)
+    if device.cost_unit == "ms":
+        r.latency_ms = budget
+    else:
+        r.macs = budget * 1e6
+    return r
+
+
 class Server:
     def __init__(self, bundle: str, cache_mb: float, max_concurrent: int, extra: list[str] | None = None,
                  cores: set[int] | None = None):
@@ -58,10 +67,7 @@ class Server:
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
         with channel(self.address) as ch:
-            grpc.channel_ready_future(ch).result(timeout=120)
-            h = health_pb2_grpc.HealthStub(ch)
-            while h.Check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
-                time.sleep(0.2)
+            wait_until_serving(ch, alive=lambda: self.proc.poll() is None)
 
     @property
     def address(self) -> str:
@@ -130,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     budgets = np.linspace(device.min_cost * 1.2, device.max_cost, 16)
 
     def request(budget: float, seed: int) -> pb.GenerateForBudgetRequest:
-        r = pb.GenerateForBudgetRequest(device=args.device, seed=seed)
-        if device.cost_unit == "ms":
-            r.latency_ms = budget
-        else:
-            r.macs = budget * 1e6
-        return r
+        return budget_request(device, budget, seed)
 
     def uncached(client: int, i: int) -> pb.GenerateForBudgetRequest:
         return request(float(budgets[(client + i) % len(budgets)]), 1_000_000 + client * 100_000 + i)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,23 @@ RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "5s",
                 "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"]}
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "nag.v1.ArchitectureGeneratorService"}],
                                                "retryPolicy": RETRY_POLICY}]})
+
+
+def wait_until_serving(ch, timeout_s: float = 120.0, alive: Callable[[], bool] | None = None,  # type: ignore[no-untyped-def]
+                       why: Callable[[], str] | None = None) -> None:
+    """Block until the server behind channel `ch` answers health SERVING (it is NOT_SERVING while it loads
+    and calibrates). TimeoutError after `timeout_s`, or at once when `alive()` turns False; the message
+    ends with `why()` (e.g. the server's log) when given."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout_s
+    grpc.channel_ready_future(ch).result(timeout=timeout_s)
+    health = health_pb2_grpc.HealthStub(ch)
+    while health.Check(health_pb2.HealthCheckRequest(), timeout=5).status != health_pb2.HealthCheckResponse.SERVING:
+        if time.monotonic() > deadline or (alive is not None and not alive()):
+            raise TimeoutError("the server never became SERVING" + (f": {why()}" if why else ""))
+        time.sleep(0.2)
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,8 @@ def splits(space: SearchSpace) -> DataSplits:
     return load_splits(DataSource(), 5000, 0, space.input.size, space.input.channels)
 
 
-@pytest.fixture()
-def perturbed_supernet(space: SearchSpace) -> Supernet:
-    """A supernet whose BN gammas are not zero, so every block contributes to the output."""
+def perturbed_supernet_of(space: SearchSpace) -> Supernet:
+    """A supernet (seed 0) whose BN gammas are not zero, so every block contributes to the output."""
     torch.manual_seed(0)
     net = Supernet(space)
     with torch.no_grad():
@@ -31,6 +30,11 @@ def perturbed_supernet(space: SearchSpace) -> Supernet:
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.uniform_(-0.2, 0.2)
     return net
+
+
+@pytest.fixture()
+def perturbed_supernet(space: SearchSpace) -> Supernet:
+    return perturbed_supernet_of(space)
 
 
 @pytest.fixture(scope="session")

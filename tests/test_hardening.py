@@ -16,11 +16,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from nag.cli import main as nag_main
-from nag.client import channel
+from nag.client import channel, wait_until_serving
 from nag.config import ServiceConfig
 from nag.errors import NagError
 from nag.server.app import RunningServer, ServerOptions
@@ -234,13 +233,7 @@ def test_after_sigterm_new_calls_get_unavailable_shutting_down(tiny_bundle: Path
     auth = [("authorization", "Bearer s3cret")]
     try:
         with channel(f"127.0.0.1:{port}", retries=False) as ch:
-            grpc.channel_ready_future(ch).result(timeout=60)
-            h = health_pb2_grpc.HealthStub(ch)
-            deadline = time.time() + 120
-            while h.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
-                    health_pb2.HealthCheckResponse.SERVING:
-                assert time.time() < deadline, "server never became SERVING"
-                time.sleep(0.2)
+            wait_until_serving(ch)
             s = pb_grpc.ArchitectureGeneratorServiceStub(ch)
             code, _ = _code(lambda: s.ListDevices(pb.ListDevicesRequest(), timeout=10))
             assert code == grpc.StatusCode.UNAUTHENTICATED

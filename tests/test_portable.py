@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import perturbed_supernet_of
 
 from nag.export import INPUT_NAME, GraphForm, build_onnx, export_onnx
 from nag.space import Architecture, SearchSpace, biggest, sample_uniform, smallest
@@ -61,12 +62,7 @@ def images(splits) -> np.ndarray:
 def cases(space: SearchSpace, splits, images: np.ndarray) -> list[Case]:
     """Children across the space, every resolution included: a supernet whose BN is perturbed (as in the
     `perturbed_supernet` fixture), BN calibrated on real training images."""
-    torch.manual_seed(0)
-    net = Supernet(space)
-    with torch.no_grad():
-        for bn in net.batchnorms():
-            bn.weight.uniform_(0.5, 1.5)
-            bn.bias.uniform_(-0.2, 0.2)
+    net = perturbed_supernet_of(space)
     rng = random.Random(19)
     archs = [smallest(space), biggest(space)]
     for resolution in space.resolutions[:-1]:

@@ -17,11 +17,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from deploy.nginx.render import INSTALL_HINT, Nginx, find_nginx
-from nag.client import channel
+from nag.client import channel, wait_until_serving
 from nag.config import ServiceConfig
 from nag.server.app import RunningServer, ServerOptions
 from nag.v1 import generator_pb2 as pb
@@ -71,13 +70,7 @@ def fleet(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                         service=ServiceConfig(max_concurrent=8, cache_mb=64)))
         a.load()
         with channel(f"127.0.0.1:{b_port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=120)
-            h = health_pb2_grpc.HealthStub(ch)
-            deadline = time.time() + 120
-            while h.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
-                    health_pb2.HealthCheckResponse.SERVING:
-                assert time.time() < deadline and b.poll() is None, (tmp / "replica_b.log").read_text()
-                time.sleep(0.2)
+            wait_until_serving(ch, alive=lambda: b.poll() is None, why=(tmp / "replica_b.log").read_text)
         lb = Nginx([f"127.0.0.1:{a.port}", f"127.0.0.1:{b_port}"], _free_port(), tmp / "nginx").start()
         with channel(lb.address) as ch:
             devices = pb_grpc.ArchitectureGeneratorServiceStub(ch).ListDevices(pb.ListDevicesRequest(), timeout=30)

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from prometheus_client.parser import text_string_to_metric_families
 
 from nag.bundle import load_bundle
-from nag.client import channel
+from nag.client import channel, wait_until_serving
 from nag.config import ServiceConfig
 from nag.server.app import RunningServer, ServerOptions
 from nag.v1 import generator_pb2 as pb
@@ -203,13 +203,7 @@ def test_sigterm_finishes_in_flight_calls(tiny_bundle: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         with channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=60)
-            h = health_pb2_grpc.HealthStub(ch)
-            deadline = time.time() + 120
-            while h.Check(health_pb2.HealthCheckRequest(), timeout=5).status != \
-                    health_pb2.HealthCheckResponse.SERVING:
-                assert time.time() < deadline, "server never became SERVING"
-                time.sleep(0.2)
+            wait_until_serving(ch)
             s = pb_grpc.ArchitectureGeneratorServiceStub(ch)
             futures = [s.GetFrontier.future(pb.GetFrontierRequest(points=60, candidates=128, seed=i), timeout=120)
                        for i in range(4)]

@@ -197,6 +197,7 @@ def generate(bundle: Bundle, budget: float, device: str | None = None, candidate
     return generate_checked(bundle, models, budget, candidates, seed, margin)
 
 
+@torch.no_grad()
 def generate_checked(bundle: Bundle, models: DeviceModels, budget: float, candidates: int, seed: int | None,
                      margin: float | None = None) -> Generated:
     """`generate` for a device, budget, candidate count and seed validated already (by
