@@ -33,6 +33,9 @@ class PipelineConfig:
     # FP-NAS options for generator training (off: `benchmarks/ablations.py` did not show a gain).
     adaptive_lambda: float | None = _GENERATOR.adaptive_lambda  # samples per budget = λ·entropy instead of N
     factorized_steps: int = _GENERATOR.factorized_steps  # coarse-to-fine: factorized distribution first
+    # Measure each local device's serving frontier as the last stage (`nag.training.measure_frontier`, about
+    # a minute). The demo skips it to stay within 3 minutes; its server verifies picks' latency instead.
+    measure_frontier: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,7 +77,7 @@ PIPELINES: dict[str, PipelineConfig] = {
     "default": PipelineConfig(),
     # A few minutes end to end on 2 CPU cores, supernet included.
     "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
-                           evaluator_steps=600, generator_steps=100),
+                           evaluator_steps=600, generator_steps=100, measure_frontier=False),
     "tiny": PipelineConfig(profile="tiny", devices=("flops",), default_device="flops", profile_archs=10,
                            triplets=40, triplet_val_images=200, evaluator_steps=100, generator_steps=10,
                            samples_per_budget=8),

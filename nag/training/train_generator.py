@@ -157,7 +157,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     manifest_path = bundle / MANIFEST_FILE
     if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
             timings["triplets"] < 1.0 and not retrain:
-        return measure_frontiers(bundle, rebuilt=set())  # nothing else to build
+        return measure_frontiers(bundle, cfg, rebuilt=set())  # nothing else to build
     metrics["build_seconds"] = timings
     old = {}
     if manifest_path.is_file():
@@ -168,13 +168,14 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     write_manifest(bundle, bundle.name, space, cfg.default_device,
                    {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
                    {**merged, "supernet": supernet_summary})
-    return measure_frontiers(bundle, rebuilt=set(metrics["devices"]))
+    return measure_frontiers(bundle, cfg, rebuilt=set(metrics["devices"]))
 
 
-def measure_frontiers(bundle: Path, rebuilt: set[str]) -> dict[str, Any]:
-    """Last stage: measure the serving frontier of every device this machine can run (`measure_frontier`),
-    afresh for a device whose generator was just rebuilt; the manifest is sealed again after each."""
-    for name in read_manifest(bundle)["devices"]:
+def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> dict[str, Any]:
+    """Last stage (unless the profile skips it): measure the serving frontier of every device this machine
+    can run (`measure_frontier`), afresh for a device whose generator was just rebuilt; the manifest is
+    sealed again after each."""
+    for name in read_manifest(bundle)["devices"] if cfg.measure_frontier else []:
         path = device_dir(bundle, name) / SERVING_MEASUREMENTS_FILE
         if not measurable_here(bundle, name) or (path.is_file() and name not in rebuilt):
             continue
