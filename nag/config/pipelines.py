@@ -36,6 +36,16 @@ class PipelineConfig:
     # Measure each local device's serving frontier as the last stage (`nag.training.measure_frontier`, about
     # a minute). The demo skips it to stay within 3 minutes; its server verifies picks' latency instead.
     measure_frontier: bool = True
+    # On-policy refinement (`nag.training.refine`): up to `refine_rounds` rounds (0: off) of measuring each
+    # generator's picks and `refine_keep - 1` runners-up over its serving ladder, retraining the
+    # evaluators and fine-tuning the generators for `refine_generator_steps`; at most `refine_fraction` of
+    # the sampled triplets' count in supernet evaluations; stop when the picks' mean validation accuracy
+    # rises by less than `refine_min_gain` points.
+    refine_rounds: int = 0
+    refine_keep: int = 2
+    refine_fraction: float = 0.5
+    refine_generator_steps: int = 100
+    refine_min_gain: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -49,6 +59,10 @@ class PipelineConfig:
         problems += [f"{name} must be >= 1" for name, value in counts.items() if value < 1]
         if self.entropy_weight < 0 or self.factorized_steps < 0:
             problems.append("entropy_weight and factorized_steps must be >= 0")
+        if self.refine_rounds < 0 or self.refine_keep < 1 or self.refine_generator_steps < 1:
+            problems.append("refine_rounds must be >= 0, refine_keep and refine_generator_steps >= 1")
+        if not 0 <= self.refine_fraction <= 10:
+            problems.append("refine_fraction must be within [0, 10]")
         check(problems, "invalid pipeline config: ")
 
     def to_dict(self) -> dict[str, Any]:

@@ -31,6 +31,12 @@ from nag.supernet.model import Supernet
 
 log = logging.getLogger(__name__)
 
+SAMPLED = "sampled"
+
+
+def refine_source(device: str, round_number: int) -> str:
+    return f"refine:{device}:{round_number}"
+
 
 @dataclass(frozen=True)
 class Triplet:
@@ -41,16 +47,19 @@ class Triplet:
     val_acc: float
     cost: dict[str, float] = field(default_factory=dict)  # predicted, per device
     measured: dict[str, float] = field(default_factory=dict)  # measured median, where profiled
+    # Provenance: SAMPLED (the stratified first collection) or `refine_source(device, round)` (a pick or a
+    # runner-up of that device's generator, measured by on-policy refinement, `nag.training.refine`).
+    source: str = SAMPLED
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch_json": self.arch_json, "arch_id": self.arch_id, "macs": self.macs, "params": self.params,
-                "val_acc": self.val_acc, "cost": self.cost, "measured": self.measured}
+                "val_acc": self.val_acc, "cost": self.cost, "measured": self.measured, "source": self.source}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Triplet:
         return cls(str(raw["arch_json"]), str(raw["arch_id"]), int(raw["macs"]), int(raw["params"]),
                    float(raw["val_acc"]), {str(k): float(v) for k, v in raw["cost"].items()},
-                   {str(k): float(v) for k, v in raw["measured"].items()})
+                   {str(k): float(v) for k, v in raw["measured"].items()}, str(raw.get("source", SAMPLED)))
 
     def arch(self, space: SearchSpace) -> Architecture:
         return Architecture.from_json(self.arch_json, space)
@@ -76,6 +85,18 @@ def write_triplets(path: str | Path, triplets: Sequence[Triplet]) -> None:
     atomic_write_bytes(Path(path), text.encode())
 
 
+def measure_triplet(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, val: ImageSet,
+                    devices: Sequence[Device], measured: dict[str, dict[str, float]], source: str = SAMPLED
+                    ) -> Triplet:
+    """One architecture's triplet: validation accuracy of the sliced child (BN calibrated on
+    `calibration`), predicted cost on every device, and the latency measured while profiling, if any."""
+    acc = child_accuracy(supernet, arch, calibration, val)
+    cost = {d.name: float(d.predict([arch])[0]) for d in devices}
+    meas = {name: table[arch.arch_id] for name, table in measured.items() if arch.arch_id in table}
+    return Triplet(arch.to_json(), arch.arch_id, count_macs(arch, supernet.space), count_params(arch, supernet.space),
+                   acc, cost, meas, source)
+
+
 def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Tensor, val: ImageSet,
                      devices: Sequence[Device], measured: dict[str, dict[str, float]], *, num_archs: int,
                      seed: int = 0, save_every: int = 25, progress: bool = True) -> list[Triplet]:
@@ -91,11 +112,7 @@ def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Te
     bar = tqdm(total=len(archs), initial=len(archs) - len(todo), desc="collecting triplets", unit="arch",
                disable=not progress)
     for i, arch in enumerate(todo):
-        acc = child_accuracy(supernet, arch, calibration, val)
-        cost = {d.name: float(d.predict([arch])[0]) for d in devices}
-        meas = {name: table[arch.arch_id] for name, table in measured.items() if arch.arch_id in table}
-        pending.append(Triplet(arch.to_json(), arch.arch_id, count_macs(arch, space), count_params(arch, space),
-                               acc, cost, meas))
+        pending.append(measure_triplet(supernet, arch, calibration, val, devices, measured))
         bar.update(1)
         if len(pending) >= save_every or i == len(todo) - 1:
             done.extend(pending)

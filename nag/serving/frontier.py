@@ -133,10 +133,11 @@ def _one_thread() -> Iterator[None]:
 
 
 @torch.no_grad()
-def propose(generator: Generator, evaluator: Evaluator, device: Device, budgets: Sequence[float],
-            candidates: int = PROPOSAL_CANDIDATES, seed: int = PROPOSAL_SEED) -> list[Architecture]:
-    """The generator's pick at each budget: `candidates` samples per budget in one batch, the infeasible
-    ones (by predicted cost) dropped, the evaluator's best of the rest (none where none is feasible)."""
+def propose_ranked(generator: Generator, evaluator: Evaluator, device: Device, budgets: Sequence[float],
+                   candidates: int = PROPOSAL_CANDIDATES, seed: int = PROPOSAL_SEED, keep: int = 1
+                   ) -> list[list[Architecture]]:
+    """Per budget, the evaluator's `keep` best distinct feasible (by predicted cost) architectures of
+    `candidates` samples drawn in one batch, best first (fewer, or none, where fewer are feasible)."""
     space = generator.encoder.space
     budget_rows = torch.tensor(budgets, dtype=torch.float64).repeat_interleave(candidates)
     with _one_thread():
@@ -154,12 +155,24 @@ def propose(generator: Generator, evaluator: Evaluator, device: Device, budgets:
     with _one_thread():
         scores = evaluator(generator.encoder.encode(torch.tensor(rows, dtype=torch.long)), budget_rows, cost)
     scores = torch.where(cost <= budget_rows, scores.double(), torch.full_like(cost, -torch.inf))
-    picks = []
+    ranked: list[list[Architecture]] = []
     for g, group in enumerate(scores.view(len(budgets), candidates)):
-        best = int(torch.argmax(group))
-        if torch.isfinite(group[best]):
-            picks.append(unique[rows[g * candidates + best]])
-    return picks
+        chosen: list[Architecture] = []
+        for i in torch.argsort(group, descending=True, stable=True).tolist():
+            arch = unique[rows[g * candidates + i]]
+            if len(chosen) == keep or not torch.isfinite(group[i]):
+                break
+            if all(arch.arch_id != c.arch_id for c in chosen):
+                chosen.append(arch)
+        ranked.append(chosen)
+    return ranked
+
+
+def propose(generator: Generator, evaluator: Evaluator, device: Device, budgets: Sequence[float],
+            candidates: int = PROPOSAL_CANDIDATES, seed: int = PROPOSAL_SEED) -> list[Architecture]:
+    """The generator's pick at each budget: `candidates` samples per budget in one batch, the infeasible
+    ones (by predicted cost) dropped, the evaluator's best of the rest (none where none is feasible)."""
+    return [r[0] for r in propose_ranked(generator, evaluator, device, budgets, candidates, seed) if r]
 
 
 def build_frontier(generator: Generator, evaluator: Evaluator, device: Device, accuracy: AccuracyPredictor,

@@ -11,22 +11,40 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from nag.bundle.bundle import SUPERNET_FILE, TRIPLETS_FILE
-from nag.core.triplets import Triplet, collect_triplets
-from nag.cost.store import MEASUREMENTS_FILE, device_dir, list_devices, load_device, read_measurements
+from nag.core.triplets import SAMPLED, Triplet, collect_triplets, measure_triplet
+from nag.cost.store import MEASUREMENTS_FILE, Device, device_dir, list_devices, load_device, read_measurements
 from nag.data import DataSource, load_splits
+from nag.data.datasets import ImageSet
 from nag.errors import NagError
+from nag.space.arch import Architecture
 from nag.supernet.io import load_supernet
+from nag.supernet.model import Supernet
 
 
-def collect(bundle: str | Path, archs: int = 1000, val_images: int = 2500, calib_images: int = 500,
-            seed: int = 1) -> list[Triplet]:
-    """Collect (resumably) `archs` triplets into the bundle's triplet file: each architecture's validation
-    accuracy in the bundle's supernet (BN calibrated) and its cost on every device of the bundle."""
+@dataclass(frozen=True)
+class TripletMeasuring:
+    """What measuring a bundle's triplets needs: its supernet, the BN calibration images, the validation
+    images and the bundle's devices with the latencies measured while profiling."""
+
+    supernet: Supernet
+    calibration: torch.Tensor
+    val: ImageSet
+    devices: list[Device]
+    measured: dict[str, dict[str, float]]
+
+    def triplet(self, arch: Architecture, source: str = SAMPLED) -> Triplet:
+        return measure_triplet(self.supernet, arch, self.calibration, self.val, self.devices, self.measured, source)
+
+
+def triplet_measuring(bundle: str | Path, val_images: int = 2500, calib_images: int = 500) -> TripletMeasuring:
+    """The bundle's triplet measuring setup: the first `val_images` images of the supernet's validation
+    split, BN calibrated on the first `calib_images` of its stored calibration images."""
     trained = load_supernet(Path(bundle) / SUPERNET_FILE)
     space = trained.supernet.space
     cfg = trained.meta.get("config", {})
@@ -40,8 +58,16 @@ def collect(bundle: str | Path, archs: int = 1000, val_images: int = 2500, calib
         path = device_dir(bundle, d.name) / MEASUREMENTS_FILE
         if path.exists():
             measured[d.name] = {m.arch_id: m.median for m in read_measurements(path) if m.stable}
-    return collect_triplets(Path(bundle) / TRIPLETS_FILE, trained.supernet, trained.calibration_float[:calib_images],
-                            val, devices, measured, num_archs=archs, seed=seed)
+    return TripletMeasuring(trained.supernet, trained.calibration_float[:calib_images], val, devices, measured)
+
+
+def collect(bundle: str | Path, archs: int = 1000, val_images: int = 2500, calib_images: int = 500,
+            seed: int = 1) -> list[Triplet]:
+    """Collect (resumably) `archs` triplets into the bundle's triplet file: each architecture's validation
+    accuracy in the bundle's supernet (BN calibrated) and its cost on every device of the bundle."""
+    m = triplet_measuring(bundle, val_images, calib_images)
+    return collect_triplets(Path(bundle) / TRIPLETS_FILE, m.supernet, m.calibration, m.val, m.devices, m.measured,
+                            num_archs=archs, seed=seed)
 
 
 def main(argv: list[str] | None = None) -> int:

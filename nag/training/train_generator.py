@@ -16,6 +16,7 @@ import logging
 import shutil
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,7 @@ from nag.errors import NagError
 from nag.supernet.io import load_supernet
 from nag.training.collect_triplets import collect
 from nag.training.measure_frontier import measurable_here, measure_frontier
+from nag.training.refine import refine
 from nag.training.train_supernet import train as train_supernet
 
 log = logging.getLogger("train_generator")
@@ -69,7 +71,7 @@ log = logging.getLogger("train_generator")
 def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
     if (bundle / SUPERNET_FILE).is_file():
         return
-    log.info("stage 1/5: training the %s supernet in %s", profile, run)
+    log.info("stage 1/7: training the %s supernet in %s", profile, run)
     if train_supernet(supernet_profile(profile), run, resume=True) != 0:
         raise NagError(f"supernet training stopped before the end; continue with the same command ({run} holds "
                        "its checkpoint)")
@@ -86,16 +88,18 @@ def ensure_devices(bundle: Path, cfg: PipelineConfig, space: Any) -> None:
         kind = (profile or DeviceProfile.load(folder / PROFILE_FILE)).device_kind
         if (folder / PROFILE_FILE).is_file() and (not kind.measured or (folder / PREDICTOR_FILE).is_file()):
             continue
-        log.info("stage 2/5: profiling device %s (%d architectures)", name, cfg.profile_archs)
+        log.info("stage 2/7: profiling device %s (%d architectures)", name, cfg.profile_archs)
         profile_device(bundle, space, profile or packaged_profile(name), num_archs=cfg.profile_archs, seed=cfg.seed)
 
 
-def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> None:
+def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> bool:
+    """Collect the triplets the bundle lacks; whether any were collected."""
     path = bundle / TRIPLETS_FILE
     if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
-        return
-    log.info("stage 3/5: collecting %d triplets", cfg.triplets)
+        return False
+    log.info("stage 3/7: collecting %d triplets", cfg.triplets)
     collect(bundle, cfg.triplets, cfg.triplet_val_images, cfg.triplet_calib_images)
+    return True
 
 
 def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Path | None = None,
@@ -110,7 +114,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     atomic_write_bytes(bundle / SPACE_FILE, (json.dumps(json.loads(space.to_json()), indent=1) + "\n").encode())
     ensure_devices(bundle, cfg, space)
     timings["devices"] = time.perf_counter() - started - sum(timings.values())
-    ensure_triplets(bundle, cfg)
+    collected = ensure_triplets(bundle, cfg)
     timings["triplets"] = time.perf_counter() - started - sum(timings.values())
 
     triplets = read_triplets(bundle / TRIPLETS_FILE)
@@ -118,9 +122,12 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     archs = [t.arch(space) for t in triplets]
     enc = encoder.encode_archs(archs)
     acc = torch.tensor([t.val_acc for t in triplets], dtype=torch.float64)
-    log.info("stage 4/5: accuracy predictor on %d triplets", len(triplets))
-    accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
-    atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
+    if collected or retrain or not (bundle / ACCURACY_FILE).is_file():
+        log.info("stage 4/7: accuracy predictor on %d triplets", len(triplets))
+        accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
+        atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
+    else:  # refitted, it would differ in the last bits on another machine and break the manifest's hash
+        accuracy = AccuracyPredictor.from_dict(json.loads((bundle / ACCURACY_FILE).read_text()))
     metrics: dict[str, Any] = {"triplets": len(triplets), "accuracy_predictor": accuracy.metrics, "devices": {}}
     # Devices profiled elsewhere and copied into devices/ get their evaluator and generator here too.
     for name in sorted(set(cfg.devices) | set(list_devices(bundle))):
@@ -130,7 +137,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             # Costed by the device's current predictor (the triplets' stored costs may predate a re-profile).
             cost = torch.tensor(device.predict(archs), dtype=torch.float64)
             budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
-            log.info("stage 5/5: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
+            log.info("stage 5/7: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
                      len(budgets), budgets[0], budgets[-1], device.unit)
             ecfg = cfg.evaluator_config()
             evaluator, ereport = train_evaluator(enc, cost, acc, budgets, ecfg, progress)
@@ -157,7 +164,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     manifest_path = bundle / MANIFEST_FILE
     if manifest_path.is_file() and not metrics["devices"] and timings["supernet"] + timings["devices"] + \
             timings["triplets"] < 1.0 and not retrain:
-        return measure_frontiers(bundle, cfg, rebuilt=set())  # nothing else to build
+        return finish(bundle, cfg, rebuilt=set(), progress=progress)  # nothing else to build
     metrics["build_seconds"] = timings
     old = {}
     if manifest_path.is_file():
@@ -168,7 +175,20 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     write_manifest(bundle, bundle.name, space, cfg.default_device,
                    {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
                    {**merged, "supernet": supernet_summary})
-    return measure_frontiers(bundle, cfg, rebuilt=set(metrics["devices"]))
+    return finish(bundle, cfg, rebuilt=set(metrics["devices"]), progress=progress)
+
+
+def finish(bundle: Path, cfg: PipelineConfig, rebuilt: set[str], progress: bool = True) -> dict[str, Any]:
+    """The stages after the manifest: on-policy refinement (when the profile asks for it, and the
+    generators were just rebuilt or never refined), then the measured serving frontiers."""
+    if cfg.refine_rounds > 0 and (rebuilt or "refinement" not in read_manifest(bundle)["metrics"]):
+        log.info("stage 6/7: on-policy refinement, up to %d rounds", cfg.refine_rounds)
+        report = refine(bundle, cfg, progress)
+        rebuilt = rebuilt | {r["device"] for r in report["rounds"]}
+        log.info("refinement: %d rounds, %d supernet evaluations (cap %d); stopped: %s",
+                 max((r["round"] for r in report["rounds"]), default=0), report["evaluations"], report["cap"],
+                 report["stopped"])
+    return measure_frontiers(bundle, cfg, rebuilt)
 
 
 def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> dict[str, Any]:
@@ -179,7 +199,7 @@ def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> d
         path = device_dir(bundle, name) / SERVING_MEASUREMENTS_FILE
         if not measurable_here(bundle, name) or (path.is_file() and name not in rebuilt):
             continue
-        log.info("stage 6/6: measuring the serving frontier of device %s", name)
+        log.info("stage 7/7: measuring the serving frontier of device %s", name)
         r = measure_frontier(bundle, name, fresh=name in rebuilt)
         log.info("device %s: %d front members measured (%d children, %d rounds)", name, r.members, r.measured,
                  r.rounds)
@@ -193,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--retrain", action="store_true", help="retrain evaluators and generators even if present")
     p.add_argument("--run-dir", type=Path, help="where the supernet trains and checkpoints (default: runs/<profile>)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--refine-rounds", type=int, help="on-policy refinement rounds (default: the profile's; 0: off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -200,7 +221,10 @@ def main(argv: list[str] | None = None) -> int:
     bundle = Path(args.bundle or f"bundles/{args.profile}")
     started = time.perf_counter()
     try:
-        manifest = build(bundle, pipeline(args.profile), args.retrain, args.run_dir)
+        cfg = pipeline(args.profile)
+        if args.refine_rounds is not None:
+            cfg = replace(cfg, refine_rounds=args.refine_rounds)
+        manifest = build(bundle, cfg, args.retrain, args.run_dir)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
