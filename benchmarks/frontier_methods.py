@@ -20,7 +20,7 @@ from nag.core.encoding import TokenEncoder
 from nag.core.evaluator import Evaluator, train_evaluator
 from nag.core.generator import Generator, RewardFn, token_cost, train_generator
 from nag.core.rewards import REWARDS, PredictedObjectives
-from nag.core.triplets import read_triplets
+from nag.core.triplets import SAMPLED, read_triplets
 from nag.search.baselines import EvolutionConfig, coarse_to_fine_search, evolutionary_search, random_search
 from nag.search.fitness import PredictorFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
@@ -42,11 +42,12 @@ def run_nag(ctx: Context, budgets: list[float], seeds: int) -> list[Run]:
 
 
 def run_lookup(ctx: Context, budgets: list[float]) -> list[Run]:
-    """The bundle's triplet with the best measured validation accuracy whose predicted cost (the device's
-    predictor as it is now) fits the target NAG's reply reports (`target_budget`): what serving can get
-    without a generator. Deterministic, so one seed."""
+    """The bundle's sampled triplet with the best measured validation accuracy whose predicted cost (the
+    device's predictor as it is now) fits the target NAG's reply reports (`target_budget`): what serving
+    can get without a generator. Triplets measured by on-policy refinement are left out: the generators
+    found them. Deterministic, so one seed."""
     started = time.perf_counter()
-    triplets = read_triplets(ctx.bundle.root / TRIPLETS_FILE)
+    triplets = [t for t in read_triplets(ctx.bundle.root / TRIPLETS_FILE) if t.source == SAMPLED]
     archs = [t.arch(ctx.space) for t in triplets]
     cost = np.asarray(ctx.cost(archs), dtype=float)
     acc = np.array([t.val_acc for t in triplets])

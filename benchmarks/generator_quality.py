@@ -6,9 +6,9 @@ At each budget (evenly spread over the device's range) the generator's pick (see
 is checked against the budget by predicted latency and by latency measured in ONNX Runtime (drift
 guarded, one pass over all picks, with 8 of the profile's architectures measured alongside to tell
 the machine's speed now against the profile's: feasibility is reported as measured and at the
-profile's speed), and its validation accuracy (supernet, BN-calibrated, same images as the triplets)
-is compared with the best collected triplet within that budget (triplets costed by the device's
-current predictor).
+profile's speed), and its validation accuracy (supernet, BN-calibrated, on the triplets' scale: the
+whole validation split once refinement has put them on it) is compared with the best collected triplet
+within that budget (triplets costed by the device's current predictor).
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--device", default="cpu")
     p.add_argument("--budgets", type=int, default=20)
-    p.add_argument("--val-images", type=int, default=1500)
+    p.add_argument("--val-images", type=int, help="validation images per pick (default: the scale of the bundle's "
+                   "triplets: the whole split after refinement, else the pipeline's triplet images)")
     p.add_argument("--calib-images", type=int, default=250)
     p.add_argument("--timing-repeats", type=int, default=50)
     args = p.parse_args(argv)
@@ -78,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = bundle.trained.meta.get("config", {})
     splits = load_splits(DataSource(), int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
                          space.input.channels)
-    val = splits.val.subset(torch.arange(min(args.val_images, len(splits.val))))
+    refinement = bundle.metrics.get("refinement", {})
+    val_images = args.val_images or refinement.get("confirm_images") or bundle.pipeline.triplet_val_images
+    val = splits.val.subset(torch.arange(min(val_images, len(splits.val))))
     calib = bundle.trained.calibration_float[: args.calib_images]
     rows, records = [], []
     # The device's current predictor, not the triplets' stored costs (those may predate a re-profile).
@@ -118,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     unit = models.device.unit
     md = (f"# Generator quality, bundle `{bundle.bundle_id}`, device `{args.device}`\n\n"
           f"{n} budgets; pick = generate(budget, candidates=64, seed=0). Validation accuracy on "
-          f"{len(val)} images (the triplets' images), BN calibrated on {len(calib)}.\n\n")
+          f"{len(val)} images (the triplets' scale), BN calibrated on {len(calib)}.\n\n")
     md += markdown_table([f"budget ({unit})", "predicted", "measured", "at profile speed", "feasible (pred.)",
                           "feasible (meas.)", "feasible (profile speed)", "MMACs", "val acc %",
                           "best triplet ≤ budget %", "gap"], rows)

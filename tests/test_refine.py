@@ -13,7 +13,7 @@ from nag.bundle.bundle import TRIPLETS_FILE, load_bundle
 from nag.config import pipeline
 from nag.core.triplets import SAMPLED, Triplet, read_triplets, refine_source
 from nag.errors import NagError
-from nag.serving.frontier import propose, propose_ranked
+from nag.serving.frontier import FrontierEntry, pareto_front, propose, propose_ranked
 from nag.serving.inference import generate
 from nag.training.train_generator import build
 from nag.training.train_generator import main as train_generator_main
@@ -32,15 +32,31 @@ def refined(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_refinement_appends_the_picks_with_their_provenance_within_the_cap(refined) -> None:
     root, before = refined
     after = read_triplets(root / TRIPLETS_FILE)
-    assert after[:len(before)] == before  # the first triplets are kept as they were
+    # The first triplets are kept, on the whole validation split's scale: re-measured, or shifted.
+    report = load_bundle(root).metrics["refinement"]  # sealed: the bundle verifies
+    scale = report["validation_scale"]
+    assert scale["children"] >= 1
+    for old, now in zip(before, after, strict=False):
+        assert now.arch_id == old.arch_id and now.source == SAMPLED
+        if now.val_images < report["confirm_images"]:
+            assert now.val_acc == pytest.approx(old.val_acc + scale["shift"]) and now.val_shift == scale["shift"]
+        else:
+            assert now.val_shift == 0.0
     new = after[len(before):]
     assert new, "refinement measured nothing"
     assert {t.source for t in before} == {SAMPLED}
     assert {t.source for t in new} <= {refine_source("flops", r) for r in (1, 2, 3)}
     assert len({t.arch_id for t in after}) == len(after)  # nothing measured twice
     assert len(new) <= 0.5 * len(before)  # refine_fraction of the sampled triplets' count
-    report = load_bundle(root).metrics["refinement"]  # sealed: the bundle verifies
     assert report["evaluations"] == len(new) and report["cap"] == len(before) // 2
+    assert report["confirmed"] >= 1 and report["confirm_images"] > max(t.val_images for t in before)
+    bundle = load_bundle(root)
+    archs = [t.arch(bundle.space) for t in after]
+    costs = bundle.devices["flops"].device.predict(archs)
+    entries = [FrontierEntry(a, float(c), t.val_acc, True) for a, c, t in zip(archs, costs, after, strict=True)]
+    front = pareto_front(entries)
+    by_id = {t.arch_id: t for t in after}
+    assert all(by_id[e.arch.arch_id].val_images == report["confirm_images"] for e in front)  # every member confirmed
     first = report["rounds"][0]
     assert first["device"] == "flops" and first["measured"] >= 1 and 0 <= first["picks_val_acc"] <= 100
     assert first["agreement_on_new"] is None or 0 <= first["agreement_on_new"] <= 1

@@ -50,16 +50,22 @@ class Triplet:
     # Provenance: SAMPLED (the stratified first collection) or `refine_source(device, round)` (a pick or a
     # runner-up of that device's generator, measured by on-policy refinement, `nag.training.refine`).
     source: str = SAMPLED
+    val_images: int = 0  # validation images `val_acc` was measured on (0: not recorded, the pipeline's count)
+    # Added to the measurement to put it on the scale of the whole validation split (`nag.training.refine`):
+    # the first images of the split are not exactly as hard as all of it.
+    val_shift: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"arch_json": self.arch_json, "arch_id": self.arch_id, "macs": self.macs, "params": self.params,
-                "val_acc": self.val_acc, "cost": self.cost, "measured": self.measured, "source": self.source}
+                "val_acc": self.val_acc, "cost": self.cost, "measured": self.measured, "source": self.source,
+                "val_images": self.val_images, "val_shift": self.val_shift}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Triplet:
         return cls(str(raw["arch_json"]), str(raw["arch_id"]), int(raw["macs"]), int(raw["params"]),
                    float(raw["val_acc"]), {str(k): float(v) for k, v in raw["cost"].items()},
-                   {str(k): float(v) for k, v in raw["measured"].items()}, str(raw.get("source", SAMPLED)))
+                   {str(k): float(v) for k, v in raw["measured"].items()}, str(raw.get("source", SAMPLED)),
+                   int(raw.get("val_images", 0)), float(raw.get("val_shift", 0.0)))
 
     def arch(self, space: SearchSpace) -> Architecture:
         return Architecture.from_json(self.arch_json, space)
@@ -94,7 +100,7 @@ def measure_triplet(supernet: Supernet, arch: Architecture, calibration: torch.T
     cost = {d.name: float(d.predict([arch])[0]) for d in devices}
     meas = {name: table[arch.arch_id] for name, table in measured.items() if arch.arch_id in table}
     return Triplet(arch.to_json(), arch.arch_id, count_macs(arch, supernet.space), count_params(arch, supernet.space),
-                   acc, cost, meas, source)
+                   acc, cost, meas, source, len(val))
 
 
 def collect_triplets(path: str | Path, supernet: Supernet, calibration: torch.Tensor, val: ImageSet,

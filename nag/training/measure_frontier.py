@@ -32,7 +32,7 @@ from nag.space.arch import smallest
 
 log = logging.getLogger("measure_frontier")
 
-MAX_ROUNDS = 40
+MAX_ROUNDS = 100  # each round measures the members that a measured cost let on
 
 
 @dataclass(frozen=True)
@@ -88,6 +88,9 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
         front = serving_frontier(bundle, models)
         missing = sum(e.arch.arch_id not in records for e in front.entries)
         if missing:
+            # Kept (and sealed) for the next run, which continues from them.
+            write_measurements(path, sorted(records.values(), key=lambda m: m.arch_id))
+            _seal(bundle, FrontierMeasurement(name, len(front.entries), len(records), rounds, speed, float("nan")))
             raise NagError(f"device {name!r}: the serving frontier still had {missing} unmeasured members after "
                            f"{max_rounds} rounds; run the command again to continue")
     write_measurements(path, sorted(records.values(), key=lambda m: m.arch_id))
