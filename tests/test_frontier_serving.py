@@ -142,11 +142,12 @@ def test_default_bundle_top_budgets_get_the_best_known_child(default_bundle: Bun
     assert generate(default_bundle, 0.73, "cpu").arch == generate(default_bundle, 1.8, "cpu").arch
 
 
-def test_default_bundle_generation_stays_fast(default_bundle: Bundle) -> None:
-    import time
-
-    serving_frontier(default_bundle, default_bundle.devices["cpu"])  # built once per loaded bundle
-    started = time.perf_counter()
-    for budget in np.linspace(0.07, 1.2, 50):
-        generate(default_bundle, float(budget), "cpu")
-    assert (time.perf_counter() - started) / 50 < 0.02  # seconds per pick, export not included
+def test_default_bundle_answers_every_budget_of_its_range_from_the_frontier(default_bundle: Bundle) -> None:
+    # How fast is measured by benchmarks/generator_quality.py (generation time), not asserted here.
+    models = default_bundle.devices["cpu"]
+    frontier = serving_frontier(default_bundle, models)  # built once per loaded bundle
+    picks = [generate(default_bundle, float(b), "cpu") for b in np.linspace(models.min_cost, 1.2, 50)]
+    members = {e.arch.arch_id for e in frontier.entries}
+    assert all(g.arch.arch_id in members and g.predicted_cost <= g.target for g in picks)
+    expected = [g.predicted_accuracy for g in picks]
+    assert expected == sorted(expected) and picks[-1].arch.arch_id == frontier.best.arch.arch_id

@@ -4,8 +4,9 @@
 
 Stages, each skipped when its output is already in the bundle: supernet (trained with the same
 profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
-and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; finally
-the serving frontier of every device this machine can measure (`measure_frontier`), sealed again.
+and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; then
+on-policy refinement when the profile asks for it (`nag.training.refine`); finally the serving frontier
+of every device this machine can measure (`measure_frontier`), sealed again.
 """
 
 from __future__ import annotations
