@@ -42,7 +42,8 @@ class FrontierMeasurement:
     measured: int  # children measured in all (including those that left the front)
     rounds: int
     speed: float  # the machine's speed against the profile in the last round (> 1: slower now)
-    worst_ratio: float  # the largest measured / predicted cost among the final front's members
+    worst_ratio: float | None  # the largest measured / predicted cost among the final front's members
+    # (None when a run stopped before every member was measured)
 
 
 def _apply(bundle: Bundle, name: str, records: dict[str, LatencyMeasurement]) -> None:
@@ -90,7 +91,7 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
         if missing:
             # Kept (and sealed) for the next run, which continues from them.
             write_measurements(path, sorted(records.values(), key=lambda m: m.arch_id))
-            _seal(bundle, FrontierMeasurement(name, len(front.entries), len(records), rounds, speed, float("nan")))
+            _seal(bundle, FrontierMeasurement(name, len(front.entries), len(records), rounds, speed, None))
             raise NagError(f"device {name!r}: the serving frontier still had {missing} unmeasured members after "
                            f"{max_rounds} rounds; run the command again to continue")
     write_measurements(path, sorted(records.values(), key=lambda m: m.arch_id))
@@ -105,9 +106,10 @@ def _seal(bundle: Bundle, result: FrontierMeasurement) -> dict[str, Any]:
     manifest = bundle.manifest
     metrics = dict(manifest["metrics"])
     devices = dict(metrics.get("devices", {}))
+    worst = None if result.worst_ratio is None else round(result.worst_ratio, 4)  # None: JSON has no NaN
     devices[result.device] = {**devices.get(result.device, {}), "serving_measurements": {
         "members": result.members, "measured": result.measured, "rounds": result.rounds,
-        "speed": round(result.speed, 4), "worst_measured_over_predicted": round(result.worst_ratio, 4)}}
+        "speed": round(result.speed, 4), "worst_measured_over_predicted": worst}}
     metrics["devices"] = devices
     return write_manifest(bundle.root, manifest["name"], bundle.space, manifest["default_device"],
                           manifest["configs"], metrics)

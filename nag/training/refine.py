@@ -96,6 +96,12 @@ def _propose(models: DeviceModels, space: SearchSpace, triplets: list[Triplet], 
     return picks, list(proposals.values())
 
 
+def _rescored(triplet: Triplet, arch: Architecture, measuring: TripletMeasuring) -> Triplet:
+    """`triplet` with its validation accuracy measured again on `measuring`'s images (no shift needed)."""
+    full = measuring.triplet(arch, triplet.source)
+    return replace(triplet, val_acc=full.val_acc, val_images=full.val_images, val_shift=0.0)
+
+
 def _near_front(costs: np.ndarray, acc: np.ndarray, margin: float) -> np.ndarray:
     """Indices of the entries whose accuracy is within `margin` points of the best accuracy at their cost or
     below (the Pareto front itself at margin 0, with ties)."""
@@ -125,8 +131,7 @@ def _confirm_fronts(bundle: Bundle, names: list[str], triplets: list[Triplet], m
         if not todo:
             break
         for i in tqdm(todo, desc="confirming the fronts", unit="arch", disable=not progress):
-            new = measuring.triplet(archs[i], triplets[i].source)
-            triplets[i] = replace(triplets[i], val_acc=new.val_acc, val_images=new.val_images, val_shift=0.0)
+            triplets[i] = _rescored(triplets[i], archs[i], measuring)
         confirmed += len(todo)
     return confirmed
 
@@ -147,9 +152,9 @@ def _calibrate_scale(bundle: Bundle, triplets: list[Triplet], measuring: Triplet
     chosen = order[:children]
     diffs = []
     for i in tqdm(chosen, desc="validation scale", unit="arch", disable=not progress):
-        full = measuring.triplet(triplets[i].arch(bundle.space), triplets[i].source)
+        full = _rescored(triplets[i], triplets[i].arch(bundle.space), measuring)
         diffs.append(full.val_acc - triplets[i].val_acc)
-        triplets[i] = replace(triplets[i], val_acc=full.val_acc, val_images=full.val_images, val_shift=0.0)
+        triplets[i] = full
     shift = float(np.mean(diffs)) if diffs else 0.0
     for i, t in enumerate(triplets):
         if t.val_images < images:
