@@ -11,6 +11,9 @@ from nag.config.checks import check, known_fields, named
 from nag.config.models import EvaluatorConfig, GeneratorConfig
 
 _EVALUATOR = EvaluatorConfig()
+# Fields of earlier versions, read from older bundles' manifests and dropped (refinement once measured each
+# generator's pick and `refine_keep - 1` runners-up, at most `refine_fraction` of the sampled count).
+_RETIRED = frozenset({"refine_keep", "refine_fraction"})
 _GENERATOR = GeneratorConfig()
 
 
@@ -36,21 +39,23 @@ class PipelineConfig:
     # Measure each local device's serving frontier as the last stage (`nag.training.measure_frontier`, about
     # a minute). The demo skips it to stay within 3 minutes; its server verifies picks' latency instead.
     measure_frontier: bool = True
-    # On-policy refinement (`nag.training.refine`): up to `refine_rounds` rounds (0: off) of measuring each
-    # generator's picks and `refine_keep - 1` runners-up over its serving ladder, retraining the
-    # evaluators and fine-tuning the generators for `refine_generator_steps`; new children at most
-    # `refine_fraction` of the sampled triplets' count (re-scoring comes on top); stop when the picks' mean
-    # validation accuracy rises by less than `refine_min_gain` points.
+    # On-policy refinement (`nag.training.refine`): up to `refine_rounds` rounds (0: off) of measuring the
+    # proposed (unmeasured) entries of each device's serving front, re-scoring the measured fronts on more
+    # validation images, retraining the evaluators and fine-tuning the generators for
+    # `refine_generator_steps`; stop when the fronts hold no proposed entry, when the measured fronts'
+    # mean validation accuracy over the ladder rises by less than `refine_min_gain` points, or when
+    # refinement has passed `refine_budget` times the images (validation and BN calibration) that
+    # measuring the sampled triplets passed.
     refine_rounds: int = 0
-    refine_keep: int = 2
-    refine_fraction: float = 0.5
+    refine_budget: float = 0.5
     refine_generator_steps: int = 100
     refine_min_gain: float = 0.05
-    # Each round also re-measures, on this many validation images (0: off), every triplet within
-    # `refine_confirm_margin` points of a device's measured front (`nag.training.refine._confirm_fronts`).
+    # Re-scoring: a triplet within `refine_confirm_margin` points of a device's measured front is measured
+    # on the validation images after its first `triplet_val_images`, up to `refine_confirm_images` in all
+    # (0: off), and the two scores are pooled (`nag.training.refine._confirm_fronts`).
     refine_confirm_images: int = 5000
-    refine_confirm_margin: float = 0.5
-    refine_scale_children: int = 40  # re-measured at random to put all triplets on the whole split's scale
+    refine_confirm_margin: float = 0.25
+    refine_scale_children: int = 30  # re-scored at random to put all triplets on the whole split's scale
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -64,12 +69,14 @@ class PipelineConfig:
         problems += [f"{name} must be >= 1" for name, value in counts.items() if value < 1]
         if self.entropy_weight < 0 or self.factorized_steps < 0:
             problems.append("entropy_weight and factorized_steps must be >= 0")
-        if self.refine_rounds < 0 or self.refine_keep < 1 or self.refine_generator_steps < 1:
-            problems.append("refine_rounds must be >= 0, refine_keep and refine_generator_steps >= 1")
+        if self.refine_rounds < 0 or self.refine_generator_steps < 1:
+            problems.append("refine_rounds must be >= 0 and refine_generator_steps >= 1")
         if self.refine_confirm_images < 0 or self.refine_confirm_margin < 0 or self.refine_scale_children < 0:
             problems.append("refine_confirm_images, refine_confirm_margin and refine_scale_children must be >= 0")
-        if not 0 <= self.refine_fraction <= 10:
-            problems.append("refine_fraction must be within [0, 10]")
+        if not 0 <= self.refine_budget <= 10:
+            problems.append("refine_budget must be within [0, 10]")
+        if 0 < self.refine_confirm_images <= self.triplet_val_images:
+            problems.append("refine_confirm_images must be 0 or more than triplet_val_images")
         check(problems, "invalid pipeline config: ")
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,7 +85,7 @@ class PipelineConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> PipelineConfig:
         """The config `to_dict` wrote (a bundle's manifest holds it); a field it lacks keeps its default."""
-        kwargs = known_fields(cls, raw, "pipeline")
+        kwargs = known_fields(cls, {k: v for k, v in raw.items() if k not in _RETIRED}, "pipeline")
         if "devices" in kwargs:
             kwargs["devices"] = tuple(kwargs["devices"])
         return cls(**kwargs)

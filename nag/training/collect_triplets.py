@@ -42,16 +42,18 @@ class TripletMeasuring:
         return measure_triplet(self.supernet, arch, self.calibration, self.val, self.devices, self.measured, source)
 
 
-def triplet_measuring(bundle: str | Path, val_images: int = 2500, calib_images: int = 500) -> TripletMeasuring:
-    """The bundle's triplet measuring setup: the first `val_images` images of the supernet's validation
-    split, BN calibrated on the first `calib_images` of its stored calibration images."""
+def triplet_measuring(bundle: str | Path, val_images: int = 2500, calib_images: int = 500, first: int = 0
+                      ) -> TripletMeasuring:
+    """The bundle's triplet measuring setup: images `first` to `val_images` (exclusive) of the supernet's
+    validation split (fewer where the split is shorter), BN calibrated on the first `calib_images` of its
+    stored calibration images."""
     trained = load_supernet(Path(bundle) / SUPERNET_FILE)
     space = trained.supernet.space
     cfg = trained.meta.get("config", {})
     splits = load_splits(DataSource(**cfg["data"]) if "data" in cfg else DataSource(),
                          int(cfg.get("val_size", 5000)), int(cfg.get("seed", 0)), space.input.size,
                          space.input.channels)
-    val = splits.val.subset(torch.arange(min(val_images, len(splits.val))))
+    val = splits.val.subset(torch.arange(min(first, len(splits.val)), min(val_images, len(splits.val))))
     devices = [load_device(bundle, name, space) for name in list_devices(bundle)]
     measured = {}
     for d in devices:

@@ -186,9 +186,9 @@ def finish(bundle: Path, cfg: PipelineConfig, rebuilt: set[str], progress: bool 
         log.info("stage 6/7: on-policy refinement, up to %d rounds", cfg.refine_rounds)
         report = refine(bundle, cfg, progress)
         rebuilt = rebuilt | {r["device"] for r in report["rounds"]}
-        log.info("refinement: %d rounds, %d supernet evaluations (cap %d); stopped: %s",
-                 max((r["round"] for r in report["rounds"]), default=0), report["evaluations"], report["cap"],
-                 report["stopped"])
+        log.info("refinement: %d rounds, %d new children, %d re-scored, %.2f M images (cap %.2f M); stopped: %s",
+                 max((r["round"] for r in report["rounds"]), default=0), report["evaluations"], report["confirmed"],
+                 report["images"] / 1e6, report["images_cap"] / 1e6, report["stopped"])
     return measure_frontiers(bundle, cfg, rebuilt)
 
 
