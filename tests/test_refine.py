@@ -17,9 +17,9 @@ from nag.export.evaluate import child_accuracy
 from nag.serving.frontier import FrontierEntry, build_frontier, pareto_front, proposal_pool, propose_ranked
 from nag.serving.inference import generate
 from nag.training.collect_triplets import triplet_measuring
+from nag.training.refine import refine
 from nag.training.train_generator import build
 from nag.training.train_generator import main as train_generator_main
-
 
 # The tiny profile's images budget is spent on the validation scale and the proposals alone.
 REFINING = dataclasses.replace(pipeline("tiny"), refine_rounds=3, refine_generator_steps=5, refine_min_gain=-100.0,
@@ -113,6 +113,23 @@ def test_refinement_runs_once_and_again_only_after_a_rebuild(refined) -> None:
     manifest = build(root, cfg, run_dir=root.parent / "run", progress=False)  # already refined: nothing to do
     assert len(read_triplets(root / TRIPLETS_FILE)) == count
     assert manifest["bundle_id"] == load_bundle(root).bundle_id
+
+
+def test_a_resumed_refinement_counts_what_it_measured_before(refined, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A run killed after measuring (its triplets written, the manifest not yet) resumes within its images."""
+    root, before = refined
+    resumed = tmp_path / "tiny"
+    shutil.copytree(tiny_bundle, resumed)
+    shutil.copy(root / TRIPLETS_FILE, resumed / TRIPLETS_FILE)
+    measured = read_triplets(resumed / TRIPLETS_FILE)
+    report = refine(resumed, REFINING, progress=False)
+    assert report["images"] <= report["images_cap"]
+    cfg = REFINING
+    spent_before = (len(measured) - len(before)) * (cfg.triplet_val_images + cfg.triplet_calib_images)
+    assert report["images"] >= spent_before
+    after = read_triplets(resumed / TRIPLETS_FILE)
+    assert [t.arch_id for t in after[: len(measured)]] == [t.arch_id for t in measured]
+    assert len({t.arch_id for t in after}) == len(after)
 
 
 def test_ranked_proposals_are_feasible_and_distinct_and_the_pool_holds_every_draw(tiny_bundle: Path) -> None:

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,9 +251,10 @@ class Bundle:
         return dict(self.manifest["metrics"])
 
 
-def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
+def load_bundle(root: str | Path, verify: bool = True, unsealed: Collection[str] = ()) -> Bundle:
     """Load a bundle, verifying the manifest's seal and the hash of every file it lists (unless
-    `verify=False`). Any corruption is a one-line `BundleError` that names the file."""
+    `verify=False`), except files named in `unsealed` (a pipeline stage resuming its own writes after a
+    kill). Any corruption is a one-line `BundleError` that names the file."""
     root = Path(root)
     manifest = read_manifest(root, verify)
     if verify:
@@ -261,7 +262,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
             file = root / rel
             if not file.is_file():
                 raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
-            if _sha256(file) != digest:
+            if file.name not in unsealed and _sha256(file) != digest:
                 raise BundleError(f"bundle {root} is corrupt: {rel} does not match its hash in the manifest")
     with _reading(root, f"{MANIFEST_FILE} (space)"):
         space = SearchSpace.from_dict(manifest["space"])

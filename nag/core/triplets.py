@@ -47,8 +47,9 @@ class Triplet:
     val_acc: float
     cost: dict[str, float] = field(default_factory=dict)  # predicted, per device
     measured: dict[str, float] = field(default_factory=dict)  # measured median, where profiled
-    # Provenance: SAMPLED (the stratified first collection) or `refine_source(device, round)` (a pick or a
-    # runner-up of that device's generator, measured by on-policy refinement, `nag.training.refine`).
+    # Provenance: SAMPLED (the stratified first collection) or `refine_source(device, round)` (an entry of
+    # that device's serving front, proposed by its generator and measured by on-policy refinement,
+    # `nag.training.refine`; bundles refined before held the generator's picks and runners-up there).
     source: str = SAMPLED
     val_images: int = 0  # validation images `val_acc` was measured on (0: not recorded, the pipeline's count)
     # Added to the measurement to put it on the scale of the whole validation split (`nag.training.refine`):

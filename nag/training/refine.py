@@ -68,6 +68,8 @@ from nag.training.collect_triplets import TripletMeasuring, triplet_measuring
 log = logging.getLogger("refine")
 
 AGREEMENT_PAIRS = 5000  # pairs per budget when scoring an evaluator on a round's new points
+# Files refinement rewrites before it seals the manifest again: a run resumed after a kill finds them changed.
+REWRITTEN = frozenset({TRIPLETS_FILE, ACCURACY_FILE, EVALUATOR_FILE, EVALUATOR_REPORT_FILE, GENERATOR_FILE})
 SCALE_SHARE = 4  # the validation scale's children spend at most 1/SCALE_SHARE of refinement's images
 
 
@@ -271,7 +273,7 @@ def _measure_front(bundle: Bundle, name: str, triplets: list[Triplet], known: di
 def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict[str, Any]:
     """Run on-policy refinement on a built bundle (see the module's docstring); returns the report that
     the manifest's metrics keep under "refinement" (the manifest is sealed again)."""
-    bundle = load_bundle(root)
+    bundle = load_bundle(root, unsealed=REWRITTEN)
     names = [n for n in cfg.devices if n in bundle.devices] or sorted(bundle.devices)
     space = bundle.space
     encoder = TokenEncoder(space)
@@ -280,12 +282,16 @@ def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict
     measuring = triplet_measuring(bundle.root, cfg.triplet_val_images, cfg.triplet_calib_images)
     first_images = len(measuring.val)
     sampled_cost = sum(t.source == SAMPLED for t in triplets) * _measuring_cost(measuring)
-    spending = Spending(int(cfg.refine_budget * sampled_cost))
     rest: TripletMeasuring | None = None
     if cfg.refine_confirm_images > first_images:
         rest = triplet_measuring(bundle.root, cfg.refine_confirm_images, cfg.triplet_calib_images, first_images)
         if len(rest.val) == 0:  # a validation split no longer than the first measurement's
             rest = None
+    # A run resumed after a kill counts what the triplets show it measured before.
+    before = sum(t.source != SAMPLED for t in triplets) * _measuring_cost(measuring)
+    if rest is not None:
+        before += sum(t.val_images >= first_images + len(rest.val) for t in triplets) * _measuring_cost(rest)
+    spending = Spending(int(cfg.refine_budget * sampled_cost), before)
     scale: dict[str, Any] = {"shift": 0.0, "children": 0}
     if rest is not None:
         scale = _calibrate_scale(bundle, triplets, rest, first_images, cfg.refine_scale_children, cfg.seed,
