@@ -60,6 +60,7 @@ from nag.core.evaluator import pairwise_agreement, train_evaluator
 from nag.core.generator import token_cost, train_generator
 from nag.core.triplets import SAMPLED, Triplet, read_triplets, refine_source, write_triplets
 from nag.cost.store import device_dir
+from nag.errors import NagError
 from nag.serving.frontier import FrontierEntry, ServingFrontier, build_frontier, pareto_front
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
@@ -116,6 +117,9 @@ def _pooled(triplet: Triplet, arch: Architecture, rest: TripletMeasuring, first_
     its shift) pooled with a new measurement on `rest`, the images after them (same BN calibration, so the
     same model). No shift is needed after."""
     n_first = triplet.val_images or first_images
+    if n_first != first_images:
+        raise NagError(f"triplet {triplet.arch_id} was scored on {n_first} validation images, not the "
+                       f"{first_images} the pipeline config says; re-scoring would count images twice")
     raw_first = triplet.val_acc - triplet.val_shift
     n_rest = len(rest.val)
     acc_rest = rest.triplet(arch, triplet.source).val_acc
