@@ -99,10 +99,9 @@ class Spending:
     def left(self) -> int:
         return max(0, self.cap - self.spent)
 
-    def affordable(self, count: int, each: int, allowance: int | None = None) -> int:
-        """How many of `count` measurements of `each` images fit in what is left (and `allowance`)."""
-        room = self.left if allowance is None else min(self.left, allowance)
-        return max(0, min(count, room // max(1, each)))
+    def affordable(self, count: int, each: int, allowance: int) -> int:
+        """How many of `count` measurements of `each` images fit in what is left and in `allowance`."""
+        return max(0, min(count, min(self.left, allowance) // max(1, each)))
 
     def spend(self, images: int) -> None:
         self.spent += images
@@ -256,15 +255,16 @@ def _retrain(bundle: Bundle, names: list[str], triplets: list[Triplet], cfg: Pip
     return reports
 
 
-def _measure_front(bundle: Bundle, name: str, triplets: list[Triplet], known: dict[str, Triplet],
-                   measuring: TripletMeasuring, shift: float, number: int, spending: Spending, allowance: int,
-                   progress: bool) -> tuple[list[Triplet], ServingFrontier, list[FrontierEntry]]:
+def _measure_front(bundle: Bundle, name: str, triplets: list[Triplet], measuring: TripletMeasuring, shift: float,
+                   number: int, spending: Spending, allowance: int, progress: bool
+                   ) -> tuple[list[Triplet], ServingFrontier, list[FrontierEntry]]:
     """Measure (within `allowance` images) the proposed entries of the device's serving front, cheapest
-    first; returns the new triplets, the frontier as it was, and its ladder picks."""
+    first (a proposed entry is never a triplet: `build_frontier` keeps a triplet's measurement); returns
+    the new triplets, the frontier as it was, and its ladder picks."""
     models = bundle.devices[name]
     frontier = build_frontier(models.generator, models.evaluator, models.device, bundle.accuracy, triplets)
     picks = [e for b in frontier.ladder if (e := frontier.best_within(b)) is not None]
-    proposed = [e.arch for e in frontier.entries if not e.measured and e.arch.arch_id not in known]
+    proposed = [e.arch for e in frontier.entries if not e.measured]
     todo = proposed[: spending.affordable(len(proposed), _measuring_cost(measuring), allowance)]
     new = []
     for arch in tqdm(todo, desc=f"refinement round {number}, {name}", unit="arch", disable=not progress):
@@ -303,7 +303,6 @@ def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict
         write_triplets(path, triplets)
         log.info("validation scale: %+.2f points from %d children re-scored on %d more images", scale["shift"],
                  scale["children"], len(rest.val))
-    known = {t.arch_id: t for t in triplets}
     confirmed = 0
     rounds: list[RefineRound] = []
     previous: float | None = None
@@ -316,10 +315,8 @@ def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict
         agreements: dict[str, float | None] = {}
         for name in names:
             share = (allowance - (spending.spent - at_start)) // max(1, len(names) - len(found))
-            new, frontier, picks = _measure_front(bundle, name, triplets, known, measuring, scale["shift"], number,
+            new, frontier, picks = _measure_front(bundle, name, triplets, measuring, scale["shift"], number,
                                                   spending, share, progress)
-            for t in new:
-                known[t.arch_id] = t
             triplets += new
             write_triplets(path, triplets)
             found[name] = (new, frontier, picks)
@@ -333,9 +330,9 @@ def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict
         if rest is not None:
             confirmed += _confirm_fronts(bundle, names, triplets, rest, first_images, cfg.refine_confirm_margin,
                                          spending, allowance - (spending.spent - at_start), progress)
-            known = {t.arch_id: t for t in triplets}
             write_triplets(path, triplets)
         reports = last_reports = _retrain(bundle, names, triplets, cfg, number, progress)
+        known = {t.arch_id: t for t in triplets}
         for name in names:
             new, frontier, picks = found[name]
             measured_picks = [known[p.arch.arch_id].val_acc for p in picks if p.arch.arch_id in known]
@@ -366,14 +363,11 @@ def refine(root: str | Path, cfg: PipelineConfig, progress: bool = True) -> dict
     if rounds:
         final = rounds[-1].round + 1
         for name in names:
-            new, frontier, _ = _measure_front(bundle, name, triplets, known, measuring, scale["shift"], final,
-                                              spending, spending.left, progress)
-            for t in new:
-                known[t.arch_id] = t
+            new, frontier, _ = _measure_front(bundle, name, triplets, measuring, scale["shift"], final, spending,
+                                              spending.left, progress)
             triplets += new
             write_triplets(path, triplets)
             last_pass[name] = {"measured": len(new), "proposed_on_front": sum(not e.measured for e in frontier.entries)}
-            bundle.devices[name].frontier = None
         if rest is not None:  # and what is left re-scores the fronts, nearest first
             last_rescored = _confirm_fronts(bundle, names, triplets, rest, first_images, cfg.refine_confirm_margin,
                                             spending, spending.left, progress)
