@@ -41,6 +41,14 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "both-4-middle": ("--middle-sampler", "stratified", "--kernel-transform", "--num-middle-children", "4"),
     "today-2x-steps": (*TODAY, "--epochs", str(2 * PROXY_EPOCHS)),
     "both-2x-steps": ("--middle-sampler", "stratified", "--kernel-transform", "--epochs", str(2 * PROXY_EPOCHS)),
+    # Four middle children on half a batch each: twice the middle children for about the same compute.
+    "stratified-4-middle-halves": ("--middle-sampler", "stratified", "--no-kernel-transform",
+                                   "--num-middle-children", "4", "--middle-slices", "2"),
+    # Distillation settings: the students also see the labels (half the weight), or softer targets.
+    "stratified-labels-half": ("--middle-sampler", "stratified", "--no-kernel-transform",
+                               "--student-label-weight", "0.5"),
+    "stratified-temperature-2": ("--middle-sampler", "stratified", "--no-kernel-transform",
+                                 "--distill-temperature", "2"),
 }
 PICK_FRACTIONS = (0.25, 0.5, 0.75)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import signal
@@ -294,3 +295,79 @@ def test_a_pipeline_maps_to_its_evaluator_and_generator_configs() -> None:
     assert (e.steps, e.seed, e.rule) == (100, 4, "cost-only")
     with pytest.raises(NagError, match="unknown pipeline config fields"):
         PipelineConfig.from_dict({"triplet": 3})
+
+
+def test_sliced_middle_children_each_learn_from_their_own_slice(space, perturbed_supernet) -> None:
+    import torch.nn.functional as F
+
+    from nag.space import biggest, sample_uniform, smallest
+    from nag.train.sandwich import SandwichObjective, soft_cross_entropy
+
+    net = perturbed_supernet.eval()  # eval: BN uses running statistics, so logits do not depend on the batch
+    with torch.no_grad():
+        net.classifier.weight.normal_(0, 1.0)  # outputs far from uniform, so the slices' losses differ
+    images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    rng = random.Random(1)
+    children = [biggest(space), smallest(space), *(sample_uniform(space, rng) for _ in range(3))]
+    with torch.no_grad():
+        torch.manual_seed(5)  # the teacher's dropout
+        teacher = net(images, children[0], dropout=True)
+        soft = F.softmax(teacher, dim=1)
+        expected = F.cross_entropy(teacher, labels, label_smoothing=0.1) + soft_cross_entropy(net(images, children[1]),
+                                                                                              soft)
+        halves = [slice(0, 4), slice(4, 8), slice(0, 4)]  # middle child i gets half i % 2
+        for arch, part in zip(children[2:], halves, strict=True):
+            expected = expected + soft_cross_entropy(net(images[part], arch), soft[part])
+        torch.manual_seed(5)
+        whole = SandwichObjective(net, 0.1, 0.0, middle_slices=1)(images, labels, children)
+        torch.manual_seed(5)
+        sliced = SandwichObjective(net, 0.1, 0.0, middle_slices=2)(images, labels, children)
+    assert torch.allclose(sliced, expected, atol=1e-5)
+    assert not torch.allclose(whole, sliced, atol=1e-3)
+
+
+def test_every_training_batch_is_even(tmp_path: Path) -> None:
+    from nag.training.train_supernet import build_config, parse_args
+
+    assert build_config(parse_args(["--profile", "tiny", "--middle-slices", "4"])).middle_slices == 4
+    with pytest.raises(NagError, match="batch_size must be an even multiple of middle_slices"):
+        profile("tiny").with_overrides(batch_size=33)
+    with pytest.raises(NagError, match="each slice an even image count"):
+        profile("default").with_overrides(middle_slices=3)
+    cfg = profile("tiny").with_overrides(num_middle_children=4, middle_slices=2)
+    trainer = SupernetTrainer(cfg, tmp_path, Distributed())
+    assert trainer.objective.middle_slices == 2
+    assert math.isfinite(trainer.train_step())
+
+
+def test_students_can_see_the_labels_and_softer_targets(space, perturbed_supernet) -> None:
+    import torch.nn.functional as F
+
+    from nag.space import biggest, sample_uniform, smallest
+    from nag.train.sandwich import SandwichObjective, soft_cross_entropy
+
+    net = perturbed_supernet.eval()
+    with torch.no_grad():
+        net.classifier.weight.normal_(0, 1.0)
+    images, labels = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    children = [biggest(space), smallest(space), sample_uniform(space, random.Random(2))]
+
+    def loss_of(**knobs: float) -> torch.Tensor:
+        torch.manual_seed(5)
+        with torch.no_grad():
+            return SandwichObjective(net, 0.1, 0.0, **knobs)(images, labels, children)  # type: ignore[arg-type]
+
+    with torch.no_grad():
+        torch.manual_seed(5)
+        teacher = net(images, children[0], dropout=True)
+        students = [net(images, arch) for arch in children[1:]]
+    teacher_loss = F.cross_entropy(teacher, labels, label_smoothing=0.1)
+    labels_only = teacher_loss + sum(F.cross_entropy(s, labels, label_smoothing=0.1) for s in students)
+    assert torch.allclose(loss_of(student_label_weight=1.0), labels_only, atol=1e-5)
+    soft2 = F.softmax(teacher / 2, dim=1)
+    softer = teacher_loss + sum(4 * soft_cross_entropy(s / 2, soft2) for s in students)
+    assert torch.allclose(loss_of(temperature=2.0), softer, atol=1e-5)
+    half = 0.5 * (loss_of() - teacher_loss) + 0.5 * (labels_only - teacher_loss) + teacher_loss
+    assert torch.allclose(loss_of(student_label_weight=0.5), half, atol=1e-5)
+    with pytest.raises(NagError, match="student_label_weight"):
+        profile("tiny").with_overrides(student_label_weight=1.5)

@@ -34,8 +34,15 @@ class SupernetTrainConfig:
     # run it moved the biggest child +0.19 and 50 random children -0.08 points on average (ties).
     average_at_floor: bool = False
     weight_decay: float = 4e-5  # applied to the biggest child only
-    label_smoothing: float = 0.1  # for the biggest child, the only one that sees labels
+    label_smoothing: float = 0.1  # for every label loss: the biggest's, and the others' if student_label_weight > 0
     num_middle_children: int = 2
+    # Split the batch into this many slices, one per middle child (cycling): 1 gives every middle child the
+    # whole batch (BigNAS); s > 1 trains s times as many middle children for the same compute.
+    middle_slices: int = 1
+    # The children other than the biggest learn (1 - w) * distillation + w * label cross-entropy, with the
+    # biggest's predictions softened at `distill_temperature`. BigNAS: w = 0, temperature 1.
+    student_label_weight: float = 0.0
+    distill_temperature: float = 1.0
     # "uniform" over the space; "stratified": middle child i of n is drawn near a MACs target in the i-th
     # of n equal slices of the space's MACs range; or AttentiveNAS's "attentive-best" / "attentive-worst".
     middle_sampler: str = "stratified"
@@ -76,6 +83,14 @@ class SupernetTrainConfig:
             problems.append("train_mode 'fixed' needs fixed_arch (an architecture's JSON), and only it takes one")
         if self.num_middle_children < 0 or self.crop_pad < 0:
             problems.append("num_middle_children and crop_pad must be >= 0")
+        # torch 2.13's oneDNN corrupts the heap in the weight gradient of a stride-2 1x1 channels_last
+        # convolution with fewer input channels than its block (oneDNN issue 6035) at odd batch sizes:
+        # 17, 33, 43, 65 and 127 crashed here with 2 threads; 32, 64 and 128 gave the reference
+        # gradients. So every batch a child trains on is even.
+        if self.middle_slices < 1 or self.batch_size % (2 * self.middle_slices):
+            problems.append("batch_size must be an even multiple of middle_slices (each slice an even image count)")
+        if not 0.0 <= self.student_label_weight <= 1.0 or self.distill_temperature <= 0:
+            problems.append("student_label_weight must lie in [0, 1] and distill_temperature be > 0")
         if self.calib_size < self.calib_batch:
             problems.append("calib_size must be at least calib_batch")
         check(problems, "invalid training config: ")

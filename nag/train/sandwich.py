@@ -37,11 +37,21 @@ class SandwichObjective(nn.Module):
 
     The biggest child sees the labels (label smoothing, dropout, weight decay: it alone is
     regularised); every other child learns only from the biggest child's detached soft predictions.
+    With `student_label_weight` w > 0 the others also see the labels: (1 − w)·distillation + w·label
+    cross-entropy; `temperature` softens the teacher's predictions. The biggest and the smallest see
+    the whole batch; with `middle_slices` = s > 1, middle child i sees
+    slice i % s of s equal slices, so s times as many middle children cost what one did.
     """
 
-    def __init__(self, supernet: Supernet, label_smoothing: float, weight_decay: float):
+    def __init__(self, supernet: Supernet, label_smoothing: float, weight_decay: float, middle_slices: int = 1,
+                 student_label_weight: float = 0.0, temperature: float = 1.0):
         super().__init__()
+        if middle_slices < 1 or not 0.0 <= student_label_weight <= 1.0 or temperature <= 0:
+            raise ValueError("need middle_slices >= 1, student_label_weight in [0, 1] and temperature > 0")
         self.supernet = supernet
+        self.middle_slices = middle_slices
+        self.student_label_weight = student_label_weight
+        self.temperature = temperature
         self.label_smoothing = label_smoothing
         self.weight_decay = weight_decay
         self._decayed = [p for name, p in supernet.named_parameters() if p.dim() > 1 and "bn" not in name
@@ -52,7 +62,23 @@ class SandwichObjective(nn.Module):
         loss = F.cross_entropy(teacher_logits, labels, label_smoothing=self.label_smoothing)
         if self.weight_decay > 0:
             loss = loss + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
-        soft = F.softmax(teacher_logits.detach(), dim=1)
-        for arch in children[1:]:
-            loss = loss + soft_cross_entropy(self.supernet(images, arch), soft)
+        soft = F.softmax(teacher_logits.detach() / self.temperature, dim=1)
+        if len(children) > 1:  # one child: the standalone baseline, trained on the labels alone
+            loss = loss + self._student_loss(self.supernet(images, children[1]), soft, labels)
+        # Middle child i sees slice i % middle_slices of the batch: more children for the same compute.
+        image_parts = images.tensor_split(self.middle_slices)
+        soft_parts = soft.tensor_split(self.middle_slices)
+        label_parts = labels.tensor_split(self.middle_slices)
+        for i, arch in enumerate(children[2:]):
+            part = i % self.middle_slices
+            loss = loss + self._student_loss(self.supernet(image_parts[part], arch), soft_parts[part],
+                                             label_parts[part])
         return loss
+
+    def _student_loss(self, logits: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        # Soft targets at temperature T, scaled by T² so their gradient keeps its size (Hinton et al.).
+        distill = soft_cross_entropy(logits / self.temperature, soft) * self.temperature ** 2
+        if self.student_label_weight == 0.0:
+            return distill
+        hard = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        return (1.0 - self.student_label_weight) * distill + self.student_label_weight * hard

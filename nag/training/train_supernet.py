@@ -118,7 +118,9 @@ class SupernetTrainer:
         self.supernet = Supernet(self.space).to(self.device)
         for matrix in self.supernet.kernel_transforms():
             matrix.requires_grad_(cfg.kernel_transform)
-        self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay)
+        self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay,
+                                           cfg.middle_slices, cfg.student_label_weight,
+                                           cfg.distill_temperature)
         # A step whose children all run a layer at its largest kernel leaves that layer's kernel
         # transforms without a gradient, which DDP must be told to expect.
         self.model: torch.nn.Module = (
@@ -378,6 +380,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
                    help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
+    p.add_argument("--middle-slices", type=int,
+                   help="split the batch into this many slices, one per middle child (1: each sees all of it)")
+    p.add_argument("--student-label-weight", type=float,
+                   help="weight of the label loss for every child but the biggest (the rest is distillation)")
+    p.add_argument("--distill-temperature", type=float, help="temperature of the biggest child's soft targets")
     p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
                    help="how the two middle children of each sandwich step are chosen (default: the profile's, "
                         f"{profile(SupernetTrainConfig().profile).middle_sampler} in the default profile)")
@@ -400,7 +407,10 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                attentive_candidates=args.attentive_candidates,
                                                average_at_floor=args.average_at_floor,
                                                kernel_transform=args.kernel_transform,
-                                               num_middle_children=args.num_middle_children)
+                                               num_middle_children=args.num_middle_children,
+                                               middle_slices=args.middle_slices,
+                                               student_label_weight=args.student_label_weight,
+                                               distill_temperature=args.distill_temperature)
     if args.arch is not None:
         if args.train_mode not in (None, "fixed"):
             raise NagError(f"--arch trains one fixed child; it does not combine with --train-mode {args.train_mode}")
