@@ -297,15 +297,22 @@ def test_a_pipeline_maps_to_its_evaluator_and_generator_configs() -> None:
         PipelineConfig.from_dict({"triplet": 3})
 
 
+def _sharp_eval_supernet(net: torch.nn.Module) -> torch.nn.Module:
+    """Eval mode (BN on running statistics, so logits do not depend on the batch) and a classifier whose
+    outputs are far from uniform, so that different targets give different losses."""
+    net.eval()
+    with torch.no_grad():
+        net.classifier.weight.normal_(0, 1.0)
+    return net
+
+
 def test_sliced_middle_children_each_learn_from_their_own_slice(space, perturbed_supernet) -> None:
     import torch.nn.functional as F
 
     from nag.space import biggest, sample_uniform, smallest
     from nag.train.sandwich import SandwichObjective, soft_cross_entropy
 
-    net = perturbed_supernet.eval()  # eval: BN uses running statistics, so logits do not depend on the batch
-    with torch.no_grad():
-        net.classifier.weight.normal_(0, 1.0)  # outputs far from uniform, so the slices' losses differ
+    net = _sharp_eval_supernet(perturbed_supernet)
     images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
     rng = random.Random(1)
     children = [biggest(space), smallest(space), *(sample_uniform(space, rng) for _ in range(3))]
@@ -346,9 +353,7 @@ def test_students_can_see_the_labels_and_softer_targets(space, perturbed_superne
     from nag.space import biggest, sample_uniform, smallest
     from nag.train.sandwich import SandwichObjective, soft_cross_entropy
 
-    net = perturbed_supernet.eval()
-    with torch.no_grad():
-        net.classifier.weight.normal_(0, 1.0)
+    net = _sharp_eval_supernet(perturbed_supernet)
     images, labels = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))
     children = [biggest(space), smallest(space), sample_uniform(space, random.Random(2))]
 

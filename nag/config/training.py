@@ -88,7 +88,8 @@ class SupernetTrainConfig:
         # 17, 33, 43, 65 and 127 crashed here with 2 threads; 32, 64 and 128 gave the reference
         # gradients. So every batch a child trains on is even.
         if self.middle_slices < 1 or self.batch_size % (2 * self.middle_slices):
-            problems.append("batch_size must be an even multiple of middle_slices (each slice an even image count)")
+            problems.append("middle_slices must be >= 1 and batch_size must be an even multiple of middle_slices "
+                            "(each slice an even image count)")
         if not 0.0 <= self.student_label_weight <= 1.0 or self.distill_temperature <= 0:
             problems.append("student_label_weight must lie in [0, 1] and distill_temperature be > 0")
         if self.calib_size < self.calib_batch:
