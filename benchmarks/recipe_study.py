@@ -49,6 +49,13 @@ VARIANTS: dict[str, tuple[str, ...]] = {
                                "--student-label-weight", "0.5"),
     "stratified-temperature-2": ("--middle-sampler", "stratified", "--no-kernel-transform",
                                  "--distill-temperature", "2"),
+    # Labels at half weight, and one middle child drawn uniformly over the choices (what a random child is)
+    # in place of, or next to, the stratified ones.
+    "labels-half-uniform-first": ("--middle-sampler", "stratified", "--no-kernel-transform",
+                                  "--student-label-weight", "0.5", "--uniform-middle-children", "1"),
+    "labels-half-3-middle-uniform-first": ("--middle-sampler", "stratified", "--no-kernel-transform",
+                                           "--student-label-weight", "0.5", "--num-middle-children", "3",
+                                           "--uniform-middle-children", "1"),
 }
 PICK_FRACTIONS = (0.25, 0.5, 0.75)
 

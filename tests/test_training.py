@@ -347,6 +347,34 @@ def test_every_training_batch_is_even(tmp_path: Path) -> None:
     assert math.isfinite(trainer.train_step())
 
 
+def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> None:
+    from nag.space import count_macs, sample_uniform
+    from nag.train.sandwich import uniform_first
+    from nag.train.stratified import StratifiedSampler
+    from nag.training.train_supernet import build_config, parse_args, step_seed
+
+    stratified = StratifiedSampler(space)
+    got = uniform_first(1, stratified)(space, random.Random(3), 3)
+    reference = random.Random(3)
+    assert got == [sample_uniform(space, reference), *stratified(space, reference, 2)]
+    # The stratified rest still covers its own slices of the range, lowest first.
+    assert count_macs(got[1], space) < count_macs(got[2], space)
+    assert uniform_first(5, stratified)(space, random.Random(3), 2) == uniform_first(2, stratified)(
+        space, random.Random(3), 2)
+
+    parsed = build_config(parse_args(["--profile", "tiny", "--uniform-middle-children", "2"]))
+    assert parsed.uniform_middle_children == 2
+    with pytest.raises(NagError, match="uniform_middle_children must lie between 0 and num_middle_children"):
+        profile("tiny").with_overrides(uniform_middle_children=3)
+    cfg = profile("tiny").with_overrides(middle_sampler="stratified", uniform_middle_children=1)
+    trainer = SupernetTrainer(cfg, tmp_path, Distributed())
+    images, labels = trainer.batch(0)
+    children = trainer.step_children(images, labels)
+    assert children[2] == sample_uniform(trainer.space, random.Random(step_seed(cfg, 0, 1)))
+    assert children[2:] != trainer.sampler(trainer.space, random.Random(step_seed(cfg, 0, 1)), 2)
+    assert math.isfinite(trainer.train_step())
+
+
 def test_students_can_see_the_labels_and_softer_targets(space, perturbed_supernet) -> None:
     import torch.nn.functional as F
 

@@ -21,6 +21,14 @@ def uniform_middle(space: SearchSpace, rng: random.Random, count: int) -> list[A
     return [sample_uniform(space, rng) for _ in range(count)]
 
 
+def uniform_first(uniform_count: int, rest: MiddleSampler) -> MiddleSampler:
+    """The first `uniform_count` middle children drawn uniformly over the choices, the others by `rest`."""
+    def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
+        first = min(uniform_count, count)
+        return [*uniform_middle(space, rng, first), *rest(space, rng, count - first)]
+
+    return sampler
+
 
 def sandwich_children(space: SearchSpace, rng: random.Random, count: int,
                       sampler: MiddleSampler = uniform_middle) -> list[Architecture]:

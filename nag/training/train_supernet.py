@@ -40,7 +40,7 @@ from nag.space.space import SearchSpace
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler
-from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_middle
+from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_first, uniform_middle
 from nag.train.schedule import floor_start, lr_at
 from nag.train.stratified import StratifiedSampler
 
@@ -210,21 +210,25 @@ class SupernetTrainer:
         labels = self.train.labels[index]
         return images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
 
+    def step_children(self, images: torch.Tensor, labels: torch.Tensor) -> list[Architecture]:
+        """The children this step trains: the fixed one, or the sandwich (biggest, smallest, middle)."""
+        if self.fixed_child is not None:
+            return [self.fixed_child[1]]
+        sampler = self.sampler
+        if self.attentive is not None:
+            attentive = self.attentive
+
+            def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
+                return attentive.choose(images, labels, rng, count)
+        if self.cfg.uniform_middle_children:
+            sampler = uniform_first(self.cfg.uniform_middle_children, sampler)
+        return sandwich_children(self.space, random.Random(step_seed(self.cfg, self.step, 1)),
+                                 self.cfg.num_middle_children, sampler)
+
     def train_step(self) -> float:
         cfg = self.cfg
         images, labels = self.batch(self.step)
-        if self.fixed_child is not None:
-            children = [self.fixed_child[1]]
-        else:
-            sampler = self.sampler
-            if self.attentive is not None:
-                attentive = self.attentive
-
-                def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
-                    return attentive.choose(images, labels, rng, count)
-
-            children = sandwich_children(self.space, random.Random(step_seed(cfg, self.step, 1)),
-                                         cfg.num_middle_children, sampler)
+        children = self.step_children(images, labels)
         if self.dist.world > 1:
             self.children_seen.append([a.arch_id for a in children])
         torch.manual_seed(step_seed(cfg, self.step, 2) * 64 + self.dist.rank)  # dropout
@@ -380,13 +384,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
                    help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
+    p.add_argument("--uniform-middle-children", type=int,
+                   help="this many of the middle children drawn uniformly over the choices, the rest by the sampler")
     p.add_argument("--middle-slices", type=int,
                    help="split the batch into this many slices, one per middle child (1: each sees all of it)")
     p.add_argument("--student-label-weight", type=float,
                    help="weight of the label loss for every child but the biggest (the rest is distillation)")
     p.add_argument("--distill-temperature", type=float, help="temperature of the biggest child's soft targets")
     p.add_argument("--middle-sampler", choices=MIDDLE_SAMPLERS,
-                   help="how the two middle children of each sandwich step are chosen (default: the profile's, "
+                   help="how the middle children of each sandwich step are chosen (default: the profile's, "
                         f"{profile(SupernetTrainConfig().profile).middle_sampler} in the default profile)")
     p.add_argument("--attentive-candidates", type=int,
                    help=f"k candidates per attentive draw (default {SupernetTrainConfig().attentive_candidates})")
@@ -408,6 +414,7 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                average_at_floor=args.average_at_floor,
                                                kernel_transform=args.kernel_transform,
                                                num_middle_children=args.num_middle_children,
+                                               uniform_middle_children=args.uniform_middle_children,
                                                middle_slices=args.middle_slices,
                                                student_label_weight=args.student_label_weight,
                                                distill_temperature=args.distill_temperature)
