@@ -47,8 +47,8 @@ class SandwichObjective(nn.Module):
     regularised); every other child learns only from the biggest child's detached soft predictions.
     With `student_label_weight` w > 0 the others also see the labels: (1 − w)·distillation + w·label
     cross-entropy; `temperature` softens the teacher's predictions. The biggest and the smallest see
-    the whole batch; with `middle_slices` = s > 1, middle child i sees
-    slice i % s of s equal slices, so s times as many middle children cost what one did.
+    the whole batch; with `middle_slices` = s > 1, middle child i sees slice i % s of s equal slices,
+    so s times as many middle children cost what one did.
     """
 
     def __init__(self, supernet: Supernet, label_smoothing: float, weight_decay: float, middle_slices: int = 1,
