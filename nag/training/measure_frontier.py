@@ -32,7 +32,7 @@ from nag.space.arch import smallest
 
 log = logging.getLogger("measure_frontier")
 
-MAX_ROUNDS = 100  # each round measures the members that a measured cost let on
+MAX_ROUNDS = 200  # each round measures the members that a measured cost let on (the default bundle took 125)
 
 
 @dataclass(frozen=True)
