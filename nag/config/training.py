@@ -52,6 +52,9 @@ class SupernetTrainConfig:
     # OFA's elastic kernel: smaller depthwise kernels are learned transforms of the larger one's centre
     # instead of the raw centre crop.
     kernel_transform: bool = True
+    # Each depthwise kernel also passes through a matrix of its own per input map size (one per resolution
+    # below the largest), so low-resolution children need not share the high-resolution kernels as is.
+    size_transform: bool = False
     attentive_candidates: int = 3  # k candidates near each MACs target
     attentive_proxy: str = "loss"  # mini-batch cross-entropy, or "predictor" (an accuracy predictor JSON)
     attentive_predictor: str | None = None

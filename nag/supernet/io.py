@@ -50,7 +50,7 @@ def load_supernet(path: str | Path) -> TrainedSupernet:
     if payload.get("kind") != "supernet" or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a supernet of format {FORMAT} (a training checkpoint?)")
     space = SearchSpace.from_dict(json.loads(payload["space"]))
-    supernet = Supernet(space)
+    supernet = Supernet(space, size_transforms=any(".size_transforms." in name for name in payload["state"]))
     try:
         supernet.load_state_dict(payload["state"])
     except RuntimeError as exc:

@@ -32,6 +32,15 @@ class ElasticConv(nn.Module):
         return F.conv2d(x, weight, bias, self.stride, self.kernel // 2)
 
 
+def size_key(map_size: int, kernel: int) -> str:
+    return f"s{map_size}k{kernel}"
+
+
+def is_kernel_matrix(name: str) -> bool:
+    """Whether a parameter name is one of the elastic kernel's matrices (no weight decay, opt-in learning)."""
+    return ".kernel_transforms." in name or ".size_transforms." in name
+
+
 class ElasticDepthwiseConv(nn.Module):
     """Depthwise convolution; channels follow x, a smaller kernel comes from the next larger one.
 
@@ -40,9 +49,16 @@ class ElasticDepthwiseConv(nn.Module):
     small kernels get weights of their own instead of reusing the large kernel's centre as is. The
     matrices start as the identity (a plain centre crop) and are frozen there unless the training
     recipe lets them learn (`kernel_transform`).
+
+    `map_sizes` are the input map sizes the layer sees at the space's resolutions other than the largest.
+    For each of them and each kernel size the kernel passes through one more k²×k² matrix of its own
+    (`size_transforms`, identity at first): the same kernel on a 4×4 and on a 7×7 map covers a different
+    share of the object, so the resolution-16 children may learn their own version of the weights the
+    resolution-28 children use. At the largest resolution the kernels are the shared ones, unchanged.
     """
 
-    def __init__(self, max_channels: int, kernels: tuple[int, ...] | list[int], stride: int):
+    def __init__(self, max_channels: int, kernels: tuple[int, ...] | list[int], stride: int,
+                 map_sizes: tuple[int, ...] | list[int] = ()):
         super().__init__()
         self.kernels = tuple(sorted(set(kernels), reverse=True))
         self.max_kernel = self.kernels[0]
@@ -50,8 +66,13 @@ class ElasticDepthwiseConv(nn.Module):
         self.weight = nn.Parameter(torch.empty(max_channels, 1, self.max_kernel, self.max_kernel))
         nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
         self.kernel_transforms = nn.ParameterList(nn.Parameter(torch.eye(k * k)) for k in self.kernels[1:])
+        self.map_sizes = tuple(sorted(set(map_sizes)))
+        self.size_transforms = nn.ParameterDict(
+            {size_key(size, k): nn.Parameter(torch.eye(k * k)) for size in self.map_sizes for k in self.kernels}
+        )
 
-    def active_weight(self, channels: int, kernel: int) -> torch.Tensor:
+    def active_weight(self, channels: int, kernel: int, map_size: int | None = None) -> torch.Tensor:
+        """The kernel of a child: `channels` channels, size `kernel`, on input maps of `map_size`."""
         if kernel not in self.kernels:
             raise ValueError(f"kernel {kernel} is not one of {list(self.kernels)}")
         weight = self.weight[:channels]
@@ -63,10 +84,15 @@ class ElasticDepthwiseConv(nn.Module):
             crop = weight[:, :, start : start + smaller, start : start + smaller]
             weight = (crop.reshape(channels, smaller * smaller) @ transform).reshape(channels, 1, smaller, smaller)
             size = smaller
+        key = size_key(map_size, kernel) if map_size is not None else ""
+        if key in self.size_transforms:
+            weight = (weight.reshape(channels, kernel * kernel) @ self.size_transforms[key]).reshape(
+                channels, 1, kernel, kernel)
         return weight
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
-        return F.conv2d(x, self.active_weight(x.shape[1], kernel), None, self.stride, kernel // 2, 1, x.shape[1])
+        weight = self.active_weight(x.shape[1], kernel, x.shape[-1])
+        return F.conv2d(x, weight, None, self.stride, kernel // 2, 1, x.shape[1])
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: object) -> None:  # type: ignore[override]
         # Supernets trained before the elastic kernel carry no matrices: theirs are the identity.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,26 @@ def preprocess(x: torch.Tensor, resolution: int, mean: torch.Tensor, std: torch.
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def _smaller_map_sizes(space: SearchSpace) -> dict[tuple[int, int], tuple[int, ...]]:
+    """Per layer (stage, index): the input map sizes of its depthwise conv at the resolutions below the
+    largest, leaving out the size it sees at the largest."""
+    full = biggest(space)
+    largest = {(b.stage, b.index): b.h_in for b in child_plan(full, space).blocks}
+    sizes: dict[tuple[int, int], set[int]] = {layer: set() for layer in largest}
+    for resolution in space.resolutions:
+        for b in child_plan(replace(full, resolution=resolution), space).blocks:
+            sizes[b.stage, b.index].add(b.h_in)
+    return {layer: tuple(sorted(found - {largest[layer]})) for layer, found in sizes.items()}
+
+
 class ElasticMBConv(MBConv):
     """The MBConv block of `nag.space.block` with the weights of its biggest form `ops`; a call runs the
     ops of a child's block (prefix channels, cropped kernel)."""
 
-    def __init__(self, ops: BlockOps, kernels: tuple[int, ...]):
+    def __init__(self, ops: BlockOps, kernels: tuple[int, ...], map_sizes: tuple[int, ...] = ()):
         super().__init__()
         self.kernels = kernels
+        self.map_sizes = map_sizes
         self._add_layers(ops)
         # BigNAS: zero-init the last BN of each residual block so every block starts as its shortcut.
         last = ops.main[-1]
@@ -42,7 +56,7 @@ class ElasticMBConv(MBConv):
         if isinstance(layer, Norm):
             return ElasticBatchNorm(layer.channels)
         if layer.depthwise:
-            return ElasticDepthwiseConv(layer.c_out, self.kernels, layer.stride)
+            return ElasticDepthwiseConv(layer.c_out, self.kernels, layer.stride, self.map_sizes)
         return ElasticConv(layer.c_in, layer.c_out, layer.kernel, layer.stride, layer.bias)
 
     def _conv(self, x: torch.Tensor, conv: Conv) -> torch.Tensor:
@@ -55,7 +69,9 @@ class ElasticMBConv(MBConv):
 class Supernet(nn.Module):
     """Weights of the biggest child; `forward(x, arch)` runs any child of the space on native images."""
 
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, size_transforms: bool = False):
+        """`size_transforms`: give each depthwise layer a kernel matrix per input map size below the
+        largest resolution's (the `size_transform` recipe); a supernet saved with them loads with them."""
         super().__init__()
         self.space = space
         inp = space.input
@@ -64,9 +80,11 @@ class Supernet(nn.Module):
         self.stem = ElasticConv(inp.channels, space.stem.max_width, space.stem.kernel, space.stem.stride)
         self.stem_bn = ElasticBatchNorm(space.stem.max_width)
         full = child_plan(biggest(space), space)
+        smaller_sizes = _smaller_map_sizes(space) if size_transforms else {}
         stages: list[list[ElasticMBConv]] = [[] for _ in space.stages]
         for b in full.blocks:
-            stages[b.stage].append(ElasticMBConv(block_ops(b), space.stages[b.stage].kernels))
+            stages[b.stage].append(ElasticMBConv(block_ops(b), space.stages[b.stage].kernels,
+                                                 smaller_sizes.get((b.stage, b.index), ())))
         self.stages = nn.ModuleList(nn.ModuleList(layers) for layers in stages)
         self.head = ElasticConv(full.head_in, space.head.width)
         self.head_bn = ElasticBatchNorm(space.head.width)
@@ -90,6 +108,10 @@ class Supernet(nn.Module):
     def kernel_transforms(self) -> list[nn.Parameter]:
         """The elastic-kernel matrices of every depthwise layer (identity: plain centre crops)."""
         return [p for name, p in self.named_parameters() if ".kernel_transforms." in name]
+
+    def size_transforms(self) -> list[nn.Parameter]:
+        """The per-map-size kernel matrices of every depthwise layer (identity: the shared kernels)."""
+        return [p for name, p in self.named_parameters() if ".size_transforms." in name]
 
     def batchnorms(self) -> Iterator[ElasticBatchNorm]:
         return (m for m in self.modules() if isinstance(m, ElasticBatchNorm))

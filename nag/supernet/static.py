@@ -84,13 +84,13 @@ def _copy_bn(dst: nn.BatchNorm2d, src: ElasticBatchNorm) -> None:
     dst.running_var.copy_(src.running_var[:c])
 
 
-def _copy_block(dst: StaticMBConv, src: ElasticMBConv) -> None:
+def _copy_block(dst: StaticMBConv, src: ElasticMBConv, map_size: int) -> None:
     for layer in dst.ops.layers():
         out, elastic = dst.layer(layer.name), src.layer(layer.name)
         if isinstance(layer, Norm):
             _copy_bn(out, elastic)
         elif layer.depthwise:
-            out.weight.copy_(elastic.active_weight(layer.c_out, layer.kernel))
+            out.weight.copy_(elastic.active_weight(layer.c_out, layer.kernel, map_size))
         else:
             _copy_conv(out, elastic)
 
@@ -105,7 +105,7 @@ def extract_child(supernet: Supernet, arch: Architecture) -> StaticChild:
     _copy_bn(child.stem_bn, supernet.stem_bn)
     blocks = iter(child.blocks)
     for b in plan.blocks:
-        _copy_block(next(blocks), supernet.stages[b.stage][b.index])
+        _copy_block(next(blocks), supernet.stages[b.stage][b.index], b.h_in)
     _copy_conv(child.head, supernet.head)
     _copy_bn(child.head_bn, supernet.head_bn)
     child.classifier.load_state_dict(supernet.classifier.state_dict())

@@ -11,6 +11,7 @@ from torch import nn
 
 from nag.space.arch import Architecture, biggest, sample_uniform, smallest
 from nag.space.space import SearchSpace
+from nag.supernet.layers import is_kernel_matrix
 from nag.supernet.model import Supernet
 
 # A middle-child sampler gets the space, a seeded RNG and how many children to draw.
@@ -63,7 +64,7 @@ class SandwichObjective(nn.Module):
         self.label_smoothing = label_smoothing
         self.weight_decay = weight_decay
         self._decayed = [p for name, p in supernet.named_parameters() if p.dim() > 1 and "bn" not in name
-                         and ".kernel_transforms." not in name]
+                         and not is_kernel_matrix(name)]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, children: list[Architecture]) -> torch.Tensor:
         teacher_logits = self.supernet(images, children[0], dropout=True)

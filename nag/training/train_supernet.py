@@ -115,16 +115,17 @@ class SupernetTrainer:
         calib_index = epoch_order(cfg, -2, len(self.splits.train))[: cfg.calib_size].sort().values
         self.calibration_images = self.splits.train.images[calib_index].clone()
         torch.manual_seed(cfg.seed)
-        self.supernet = Supernet(self.space).to(self.device)
+        self.supernet = Supernet(self.space, size_transforms=cfg.size_transform).to(self.device)
         for matrix in self.supernet.kernel_transforms():
             matrix.requires_grad_(cfg.kernel_transform)
         self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay,
                                            cfg.middle_slices, cfg.student_label_weight,
                                            cfg.distill_temperature)
-        # A step whose children all run a layer at its largest kernel leaves that layer's kernel
-        # transforms without a gradient, which DDP must be told to expect.
+        # A step whose children all run a layer at its largest kernel (or at no resolution that has matrices
+        # of its own) leaves that layer's matrices without a gradient, which DDP must be told to expect.
         self.model: torch.nn.Module = (
-            DistributedDataParallel(self.objective, find_unused_parameters=cfg.kernel_transform)
+            DistributedDataParallel(self.objective,
+                                    find_unused_parameters=cfg.kernel_transform or cfg.size_transform)
             if dist_info.world > 1 else self.objective
         )
         self.optimizer = torch.optim.SGD(self.supernet.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
@@ -383,6 +384,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                   "an architecture's JSON or a .json file holding it")
     p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
                    help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
+    p.add_argument("--size-transform", action=argparse.BooleanOptionalAction, default=None,
+                   help="a learned matrix per depthwise kernel and input map size below the largest resolution's")
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
     p.add_argument("--uniform-middle-children", type=int,
                    help="this many of the middle children drawn uniformly over the choices, the rest by the sampler")
@@ -413,6 +416,7 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                attentive_candidates=args.attentive_candidates,
                                                average_at_floor=args.average_at_floor,
                                                kernel_transform=args.kernel_transform,
+                                               size_transform=args.size_transform,
                                                num_middle_children=args.num_middle_children,
                                                uniform_middle_children=args.uniform_middle_children,
                                                middle_slices=args.middle_slices,
