@@ -165,3 +165,77 @@ def test_a_supernet_saved_without_kernel_transforms_loads_with_identities(space,
     net.load_state_dict(state)
     assert all(torch.equal(m, torch.eye(m.shape[0])) for m in net.kernel_transforms())
     assert len(net.kernel_transforms()) == sum(len(stage) for stage in net.stages) * 2
+
+
+def _with_size_transforms(net: Supernet, space) -> Supernet:
+    sized = Supernet(space, size_transforms=True)
+    missing, unexpected = sized.load_state_dict(net.state_dict(), strict=False)
+    assert not unexpected and missing and all(".size_transforms." in name for name in missing)
+    return sized
+
+
+def test_size_transforms_start_as_the_shared_kernels_and_skip_the_largest_resolution(
+        space, perturbed_supernet: Supernet, rng: random.Random) -> None:
+    sized = _with_size_transforms(perturbed_supernet, space)
+    # One matrix per kernel size and per input map size below the largest resolution's: 3 resolutions make
+    # 3 sizes everywhere but the last stage's deeper layers, where 20 and 24 both give 3x3 maps.
+    plan = child_plan(biggest(space), space)
+    for b in plan.blocks:
+        conv = sized.stages[b.stage][b.index].depthwise
+        assert b.h_in not in conv.map_sizes and len(conv.map_sizes) == (2 if b.h_in == 4 and b.stage == 3 else 3)
+    assert len(sized.size_transforms()) == sum(3 * len(sized.stages[b.stage][b.index].depthwise.map_sizes)
+                                               for b in plan.blocks)
+    x = torch.rand(4, 1, 28, 28)
+    for arch in [biggest(space), smallest(space)] + [sample_uniform(space, rng) for _ in range(6)]:
+        with torch.no_grad():
+            assert torch.equal(sized(x, arch), perturbed_supernet(x, arch)), arch.to_json()
+
+
+def test_learned_size_transforms_reach_the_static_child_below_the_largest_resolution(
+        space, perturbed_supernet: Supernet, rng: random.Random) -> None:
+    sized = _with_size_transforms(perturbed_supernet, space)
+    with torch.no_grad():
+        for matrix in sized.size_transforms():
+            matrix.add_(torch.randn_like(matrix) * 0.2)
+    calib, x = torch.rand(250, 1, 28, 28), torch.rand(8, 1, 28, 28)
+    archs = [smallest(space), biggest(space)] + [sample_uniform(space, rng) for _ in range(8)]
+    for arch in archs:
+        sized.calibrate(arch, calib)
+        sized.eval()
+        with torch.no_grad():
+            static = child(sized, arch, calib)
+            assert (sized(x, arch) - static(x)).abs().max().item() <= 1e-5, arch.to_json()
+            shared = child(perturbed_supernet, arch, calib)(x)
+        # The largest resolution keeps the shared kernels; every other one runs its own.
+        assert torch.allclose(static(x), shared) == (arch.resolution == space.max_resolution), arch.to_json()
+
+
+def test_size_transforms_learn_from_their_resolution_only_and_carry_no_weight_decay(space) -> None:
+    from nag.train.sandwich import SandwichObjective
+
+    net = Supernet(space, size_transforms=True)
+    x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])
+    F.cross_entropy(net(x, biggest(space)), y).backward()
+    assert all(m.grad is None for m in net.size_transforms())
+    F.cross_entropy(net(x, smallest(space)), y).backward()
+    used = {name for name, p in net.named_parameters() if ".size_transforms." in name and p.grad is not None}
+    # The smallest child's 7 layers, each on its map at resolution 16, with its 3x3 kernel.
+    assert len(used) == 7 and all(name.endswith("k3") for name in used)
+    decayed = {id(p) for p in SandwichObjective(net, 0.1, 4e-5)._decayed}
+    assert decayed and not decayed & {id(m) for m in net.size_transforms() + net.kernel_transforms()}
+
+
+def test_a_supernet_saved_with_size_transforms_loads_with_them(space, perturbed_supernet: Supernet,
+                                                               tmp_path) -> None:
+    from nag.supernet.io import load_supernet, save_supernet
+
+    sized = _with_size_transforms(perturbed_supernet, space)
+    with torch.no_grad():
+        for matrix in sized.size_transforms():
+            matrix.mul_(1.5)
+    images = torch.randint(0, 256, (250, 1, 28, 28), dtype=torch.uint8)
+    save_supernet(tmp_path / "sized.pt", sized, images, {})
+    save_supernet(tmp_path / "plain.pt", perturbed_supernet, images, {})
+    loaded = load_supernet(tmp_path / "sized.pt").supernet
+    assert [m.tolist() for m in loaded.size_transforms()] == [m.tolist() for m in sized.size_transforms()]
+    assert load_supernet(tmp_path / "plain.pt").supernet.size_transforms() == []
