@@ -12,6 +12,7 @@ import torch
 from nag.artifacts import load_artifact, save_artifact
 from nag.errors import CheckpointError
 from nag.space.space import SearchSpace
+from nag.supernet.layers import is_size_transform
 from nag.supernet.model import Supernet
 
 FORMAT = 1
@@ -50,7 +51,7 @@ def load_supernet(path: str | Path) -> TrainedSupernet:
     if payload.get("kind") != "supernet" or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a supernet of format {FORMAT} (a training checkpoint?)")
     space = SearchSpace.from_dict(json.loads(payload["space"]))
-    supernet = Supernet(space, size_transforms=any(".size_transforms." in name for name in payload["state"]))
+    supernet = Supernet(space, size_transforms=any(is_size_transform(name) for name in payload["state"]))
     try:
         supernet.load_state_dict(payload["state"])
     except RuntimeError as exc:

@@ -36,9 +36,19 @@ def size_key(map_size: int, kernel: int) -> str:
     return f"s{map_size}k{kernel}"
 
 
+def is_kernel_transform(name: str) -> bool:
+    """Whether a parameter name is one of the elastic kernel's matrices between kernel sizes."""
+    return ".kernel_transforms." in name
+
+
+def is_size_transform(name: str) -> bool:
+    """Whether a parameter name is one of the kernel matrices per input map size."""
+    return ".size_transforms." in name
+
+
 def is_kernel_matrix(name: str) -> bool:
-    """Whether a parameter name is one of the elastic kernel's matrices (no weight decay, opt-in learning)."""
-    return ".kernel_transforms." in name or ".size_transforms." in name
+    """Whether a parameter name is any kernel matrix (no weight decay, opt-in learning)."""
+    return is_kernel_transform(name) or is_size_transform(name)
 
 
 class ElasticDepthwiseConv(nn.Module):
@@ -84,10 +94,9 @@ class ElasticDepthwiseConv(nn.Module):
             crop = weight[:, :, start : start + smaller, start : start + smaller]
             weight = (crop.reshape(channels, smaller * smaller) @ transform).reshape(channels, 1, smaller, smaller)
             size = smaller
-        key = size_key(map_size, kernel) if map_size is not None else ""
-        if key in self.size_transforms:
-            weight = (weight.reshape(channels, kernel * kernel) @ self.size_transforms[key]).reshape(
-                channels, 1, kernel, kernel)
+        if map_size in self.map_sizes:
+            matrix = self.size_transforms[size_key(map_size, kernel)]
+            weight = (weight.reshape(channels, kernel * kernel) @ matrix).reshape(channels, 1, kernel, kernel)
         return weight
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:

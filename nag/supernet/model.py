@@ -15,7 +15,14 @@ from nag.space.block import BlockOps, Conv, ConvBN, Norm, block_ops
 from nag.space.plan import child_plan
 from nag.space.space import SearchSpace
 from nag.supernet.block import MBConv
-from nag.supernet.layers import ElasticBatchNorm, ElasticConv, ElasticDepthwiseConv, activation
+from nag.supernet.layers import (
+    ElasticBatchNorm,
+    ElasticConv,
+    ElasticDepthwiseConv,
+    activation,
+    is_kernel_transform,
+    is_size_transform,
+)
 
 
 def preprocess(x: torch.Tensor, resolution: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -107,11 +114,11 @@ class Supernet(nn.Module):
 
     def kernel_transforms(self) -> list[nn.Parameter]:
         """The elastic-kernel matrices of every depthwise layer (identity: plain centre crops)."""
-        return [p for name, p in self.named_parameters() if ".kernel_transforms." in name]
+        return [p for name, p in self.named_parameters() if is_kernel_transform(name)]
 
     def size_transforms(self) -> list[nn.Parameter]:
         """The per-map-size kernel matrices of every depthwise layer (identity: the shared kernels)."""
-        return [p for name, p in self.named_parameters() if ".size_transforms." in name]
+        return [p for name, p in self.named_parameters() if is_size_transform(name)]
 
     def batchnorms(self) -> Iterator[ElasticBatchNorm]:
         return (m for m in self.modules() if isinstance(m, ElasticBatchNorm))
