@@ -9,6 +9,7 @@ from nag.space import biggest, sample_uniform, smallest
 from nag.space.block import ConvBN, SqueezeExcite, block_ops
 from nag.space.plan import child_plan
 from nag.supernet import Supernet, calibrate_bn, child, extract_child
+from nag.supernet.layers import is_kernel_transform, is_size_transform
 
 
 def test_child_equals_supernet_after_calibration(space, perturbed_supernet: Supernet, rng: random.Random) -> None:
@@ -67,7 +68,7 @@ def test_biggest_child_trains_every_weight(space) -> None:
     x = torch.rand(4, 1, 28, 28)
     F.cross_entropy(net(x, biggest(space), dropout=True), torch.tensor([0, 1, 2, 3])).backward()
     # The elastic-kernel matrices serve the smaller kernels only; the biggest child runs 7x7 everywhere.
-    missing = [name for name, p in net.named_parameters() if p.grad is None and ".kernel_transforms." not in name]
+    missing = [name for name, p in net.named_parameters() if p.grad is None and not is_kernel_transform(name)]
     assert not missing
     assert all(m.grad is None for m in net.kernel_transforms())
     F.cross_entropy(net(x, smallest(space)), torch.tensor([0, 1, 2, 3])).backward()
@@ -157,7 +158,7 @@ def test_learned_kernel_transforms_reach_the_static_child(space, perturbed_super
 
 def test_a_supernet_saved_without_kernel_transforms_loads_with_identities(space, perturbed_supernet: Supernet
                                                                           ) -> None:
-    state = {k: v for k, v in perturbed_supernet.state_dict().items() if ".kernel_transforms." not in k}
+    state = {k: v for k, v in perturbed_supernet.state_dict().items() if not is_kernel_transform(k)}
     net = Supernet(space)
     with torch.no_grad():
         for matrix in net.kernel_transforms():
@@ -170,7 +171,7 @@ def test_a_supernet_saved_without_kernel_transforms_loads_with_identities(space,
 def _with_size_transforms(net: Supernet, space) -> Supernet:
     sized = Supernet(space, size_transforms=True)
     missing, unexpected = sized.load_state_dict(net.state_dict(), strict=False)
-    assert not unexpected and missing and all(".size_transforms." in name for name in missing)
+    assert not unexpected and missing and all(is_size_transform(name) for name in missing)
     return sized
 
 
@@ -218,7 +219,7 @@ def test_size_transforms_learn_from_their_resolution_only_and_carry_no_weight_de
     F.cross_entropy(net(x, biggest(space)), y).backward()
     assert all(m.grad is None for m in net.size_transforms())
     F.cross_entropy(net(x, smallest(space)), y).backward()
-    used = {name for name, p in net.named_parameters() if ".size_transforms." in name and p.grad is not None}
+    used = {name for name, p in net.named_parameters() if is_size_transform(name) and p.grad is not None}
     # The smallest child's 7 layers, each on its map at resolution 16, with its 3x3 kernel.
     assert len(used) == 7 and all(name.endswith("k3") for name in used)
     decayed = {id(p) for p in SandwichObjective(net, 0.1, 4e-5)._decayed}
