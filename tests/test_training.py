@@ -375,6 +375,30 @@ def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> N
     assert math.isfinite(trainer.train_step())
 
 
+def test_resolution_corners_train_the_size_and_resolution_mixes(space, tmp_path: Path) -> None:
+    from nag.space import biggest, count_macs, smallest
+    from nag.train.sandwich import resolution_corners
+    from nag.training.train_supernet import build_config, parse_args
+
+    wide_low, narrow_high = resolution_corners(space)
+    assert wide_low.resolution == min(space.resolutions) and narrow_high.resolution == max(space.resolutions)
+    assert (wide_low.stem_width, wide_low.stages) == (biggest(space).stem_width, biggest(space).stages)
+    assert (narrow_high.stem_width, narrow_high.stages) == (smallest(space).stem_width, smallest(space).stages)
+    assert count_macs(smallest(space), space) < count_macs(narrow_high, space)
+    assert count_macs(wide_low, space) < count_macs(biggest(space), space)
+
+    assert build_config(parse_args(["--profile", "tiny", "--resolution-corners"])).resolution_corners
+    cfg = profile("tiny").with_overrides(resolution_corners=True)
+    trainer = SupernetTrainer(cfg, tmp_path, Distributed())
+    images, labels = trainer.batch(0)
+    children = trainer.step_children(images, labels)
+    assert children[:4] == [biggest(space), smallest(space), wide_low, narrow_high]
+    assert len(children) == 4 + cfg.num_middle_children
+    plain = SupernetTrainer(profile("tiny"), tmp_path / "plain", Distributed())
+    assert children[4:] == plain.step_children(images, labels)[2:]  # the middle children do not change
+    assert math.isfinite(trainer.train_step())
+
+
 def test_students_can_see_the_labels_and_softer_targets(space, perturbed_supernet) -> None:
     import torch.nn.functional as F
 

@@ -49,6 +49,9 @@ class SupernetTrainConfig:
     # Of the middle children, this many are drawn uniformly over the choices (the distribution a user's
     # random child comes from), the rest by `middle_sampler` (stratified: over its own slices of the range).
     uniform_middle_children: int = 0
+    # Each step also trains the biggest at the lowest resolution and the smallest at the highest (after the
+    # smallest, before the middle children; with middle_slices they take slices like middle children).
+    resolution_corners: bool = False
     # OFA's elastic kernel: smaller depthwise kernels are learned transforms of the larger one's centre
     # instead of the raw centre crop.
     kernel_transform: bool = True

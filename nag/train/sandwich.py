@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nag.space.arch import Architecture, biggest, sample_uniform, smallest
+from nag.space.neighbours import with_dimension_of
 from nag.space.space import SearchSpace
 from nag.supernet.layers import is_kernel_matrix
 from nag.supernet.model import Supernet
@@ -31,10 +32,19 @@ def uniform_first(uniform_count: int, rest: MiddleSampler) -> MiddleSampler:
     return sampler
 
 
+def resolution_corners(space: SearchSpace) -> list[Architecture]:
+    """The biggest at the lowest resolution and the smallest at the highest: the two mixes of size and
+    resolution that neither sandwich end trains, and that samplers tying resolution to MACs rarely draw."""
+    big, small = biggest(space), smallest(space)
+    return [with_dimension_of(big, small, "resolution", space), with_dimension_of(small, big, "resolution", space)]
+
+
 def sandwich_children(space: SearchSpace, rng: random.Random, count: int,
-                      sampler: MiddleSampler = uniform_middle) -> list[Architecture]:
-    """Biggest first (the teacher), then the smallest, then `count` middle children."""
-    return [biggest(space), smallest(space), *sampler(space, rng, count)]
+                      sampler: MiddleSampler = uniform_middle, corners: bool = False) -> list[Architecture]:
+    """Biggest first (the teacher), then the smallest, then (with `corners`) the two resolution corners,
+    then `count` middle children."""
+    ends = [biggest(space), smallest(space)]
+    return [*ends, *(resolution_corners(space) if corners else []), *sampler(space, rng, count)]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:

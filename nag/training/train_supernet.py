@@ -224,7 +224,7 @@ class SupernetTrainer:
         if self.cfg.uniform_middle_children:
             sampler = uniform_first(self.cfg.uniform_middle_children, sampler)
         return sandwich_children(self.space, random.Random(step_seed(self.cfg, self.step, 1)),
-                                 self.cfg.num_middle_children, sampler)
+                                 self.cfg.num_middle_children, sampler, corners=self.cfg.resolution_corners)
 
     def train_step(self) -> float:
         cfg = self.cfg
@@ -389,6 +389,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
     p.add_argument("--uniform-middle-children", type=int,
                    help="this many of the middle children drawn uniformly over the choices, the rest by the sampler")
+    p.add_argument("--resolution-corners", action=argparse.BooleanOptionalAction, default=None,
+                   help="also train the biggest at the lowest resolution and the smallest at the highest each step")
     p.add_argument("--middle-slices", type=int,
                    help="split the batch into this many slices, one per middle child (1: each sees all of it)")
     p.add_argument("--student-label-weight", type=float,
@@ -419,6 +421,7 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                size_transform=args.size_transform,
                                                num_middle_children=args.num_middle_children,
                                                uniform_middle_children=args.uniform_middle_children,
+                                               resolution_corners=args.resolution_corners,
                                                middle_slices=args.middle_slices,
                                                student_label_weight=args.student_label_weight,
                                                distill_temperature=args.distill_temperature)
