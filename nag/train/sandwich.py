@@ -43,8 +43,8 @@ def sandwich_children(space: SearchSpace, rng: random.Random, count: int,
                       sampler: MiddleSampler = uniform_middle, corners: bool = False) -> list[Architecture]:
     """Biggest first (the teacher), then the smallest, then (with `corners`) the two resolution corners,
     then `count` middle children."""
-    ends = [biggest(space), smallest(space)]
-    return [*ends, *(resolution_corners(space) if corners else []), *sampler(space, rng, count)]
+    return [biggest(space), smallest(space), *(resolution_corners(space) if corners else []),
+            *sampler(space, rng, count)]
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_probs: torch.Tensor) -> torch.Tensor:
