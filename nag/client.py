@@ -21,12 +21,19 @@ MAX_RECEIVE = 64 * 1024 * 1024
 # INTERNAL_ERROR when the replica it forwarded to dies mid-call; the server itself answers no malformed
 # or hostile request INTERNAL, see benchmarks/fuzz_server.py) are sent again, up to gRPC's cap of 5 attempts.
 # The wait before retry n is random in [0, min(0.25 s * 2^(n-1), 5 s)]. gRPC does not retry a call
-# once reply headers have arrived, and the call's deadline covers all attempts. Every RPC of the
-# service is a pure function of its request, so resending is safe.
+# once reply headers have arrived (see RESENDS_AFTER_HEADERS), and the call's deadline covers all
+# attempts. Every RPC of the service is a pure function of its request, so resending is safe.
 RETRY_POLICY = {"maxAttempts": 5, "initialBackoff": "0.25s", "maxBackoff": "5s", "backoffMultiplier": 2,
                 "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED", "INTERNAL"]}
 SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": [{"service": "nag.v1.ArchitectureGeneratorService"}],
                                                "retryPolicy": RETRY_POLICY}]})
+# A replica killed after its reply headers went out (nginx has forwarded them; the reply's message
+# or trailers had not) ends the call INTERNAL at the client, and gRPC's retries never apply once
+# headers have arrived: seen once in CI's replica-kill test. channel() resends such calls itself,
+# up to this many times, within the call's deadline. No reply was delivered, so nothing is doubled.
+RESENDS_AFTER_HEADERS = 2
+_RESEND_WAIT_S = 0.1
+
 
 
 def wait_until_serving(ch, timeout_s: float = 120.0, alive: Callable[[], bool] | None = None,  # type: ignore[no-untyped-def]
@@ -65,7 +72,7 @@ class GeneratedModel:
 
 def channel(address: str, tls_ca: Path | None = None, retries: bool = True):  # type: ignore[no-untyped-def]
     """A channel to a server or a load balancer; `retries=False` turns off gRPC's retries (also the
-    transparent ones) so that every failed attempt reaches the caller."""
+    transparent ones) and channel()'s own resends, so that every failed attempt reaches the caller."""
     import grpc
 
     options: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", MAX_RECEIVE)]
@@ -74,8 +81,46 @@ def channel(address: str, tls_ca: Path | None = None, retries: bool = True):  # 
     else:
         options += [("grpc.enable_retries", 0)]
     if tls_ca:
-        return grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()), options=options)
-    return grpc.insecure_channel(address, options=options)
+        ch = grpc.secure_channel(address, grpc.ssl_channel_credentials(tls_ca.read_bytes()), options=options)
+    else:
+        ch = grpc.insecure_channel(address, options=options)
+    return grpc.intercept_channel(ch, _resend_after_headers()) if retries else ch
+
+
+def _resend_after_headers():  # type: ignore[no-untyped-def]
+    """A unary-unary interceptor that sends a call ended INTERNAL again (RESENDS_AFTER_HEADERS times at
+    most, after a short random wait, with what is left of its deadline): the case gRPC's own retry
+    policy cannot cover because reply headers had arrived."""
+    import random
+    from typing import NamedTuple
+
+    import grpc
+
+    class Details(NamedTuple):  # grpc.ClientCallDetails with a shorter timeout
+        method: str
+        timeout: float | None
+        metadata: object
+        credentials: object
+        wait_for_ready: object
+        compression: object
+
+    class ResendAfterHeaders(grpc.UnaryUnaryClientInterceptor):
+        def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+            deadline = None if details.timeout is None else time.monotonic() + details.timeout
+            for resend in range(RESENDS_AFTER_HEADERS + 1):
+                outcome = continuation(details, request)
+                if outcome.code() != grpc.StatusCode.INTERNAL or resend == RESENDS_AFTER_HEADERS:
+                    return outcome
+                time.sleep(random.uniform(0, _RESEND_WAIT_S))
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return outcome
+                    details = Details(details.method, left, details.metadata, details.credentials,
+                                      details.wait_for_ready, getattr(details, "compression", None))
+            return outcome
+
+    return ResendAfterHeaders()
 
 
 def request_remote(args: argparse.Namespace) -> GeneratedModel:
