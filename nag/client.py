@@ -35,7 +35,6 @@ RESENDS_AFTER_HEADERS = 2
 _RESEND_WAIT_S = 0.1
 
 
-
 def wait_until_serving(ch, timeout_s: float = 120.0, alive: Callable[[], bool] | None = None,  # type: ignore[no-untyped-def]
                        why: Callable[[], str] | None = None) -> None:
     """Block until the server behind channel `ch` answers health SERVING (it is NOT_SERVING while it loads
