@@ -106,9 +106,9 @@ def _resend_after_headers():  # type: ignore[no-untyped-def]
     class ResendAfterHeaders(grpc.UnaryUnaryClientInterceptor):
         def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
             deadline = None if details.timeout is None else time.monotonic() + details.timeout
-            for resend in range(RESENDS_AFTER_HEADERS + 1):
+            for _ in range(RESENDS_AFTER_HEADERS):
                 outcome = continuation(details, request)
-                if outcome.code() != grpc.StatusCode.INTERNAL or resend == RESENDS_AFTER_HEADERS:
+                if outcome.code() != grpc.StatusCode.INTERNAL:
                     return outcome
                 time.sleep(random.uniform(0, _RESEND_WAIT_S))
                 if deadline is not None:
@@ -116,8 +116,8 @@ def _resend_after_headers():  # type: ignore[no-untyped-def]
                     if left <= 0:
                         return outcome
                     details = Details(details.method, left, details.metadata, details.credentials,
-                                      details.wait_for_ready, getattr(details, "compression", None))
-            return outcome
+                                      details.wait_for_ready, details.compression)
+            return continuation(details, request)
 
     return ResendAfterHeaders()
 
