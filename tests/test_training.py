@@ -375,6 +375,37 @@ def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> N
     assert math.isfinite(trainer.train_step())
 
 
+def test_some_middle_children_can_be_drawn_at_the_lowest_resolution(space, tmp_path: Path) -> None:
+    from nag.space import sample_uniform
+    from nag.train.sandwich import lowest_resolution_first, uniform_first
+    from nag.train.stratified import StratifiedSampler
+    from nag.training.train_supernet import build_config, parse_args, step_seed
+
+    stratified = StratifiedSampler(space)
+    lowest = min(space.resolutions)
+    got = lowest_resolution_first(2, stratified)(space, random.Random(5), 3)
+    reference = random.Random(5)
+    drawn = [sample_uniform(space, reference) for _ in range(2)]
+    assert [child.resolution for child in got[:2]] == [lowest, lowest]
+    # Only the resolution moves: the rest of each uniform draw is kept.
+    assert [(c.stem_width, c.stages) for c in got[:2]] == [(c.stem_width, c.stages) for c in drawn]
+    assert got[2:] == stratified(space, reference, 1)
+
+    parsed = build_config(parse_args(["--profile", "tiny", "--num-middle-children", "3",
+                                      "--uniform-middle-children", "1", "--lowest-resolution-middle-children", "1"]))
+    assert parsed.lowest_resolution_middle_children == 1
+    with pytest.raises(NagError, match="lowest_resolution_middle_children must lie between 0"):
+        profile("tiny").with_overrides(uniform_middle_children=1, lowest_resolution_middle_children=2)
+    trainer = SupernetTrainer(parsed, tmp_path, Distributed())
+    images, labels = trainer.batch(0)
+    children = trainer.step_children(images, labels)
+    # Biggest, smallest, the uniform child, the lowest-resolution child, then the sampler's.
+    expected = uniform_first(1, lowest_resolution_first(1, trainer.sampler))(
+        trainer.space, random.Random(step_seed(parsed, 0, 1)), 3)
+    assert children[2:] == expected and children[3].resolution == lowest
+    assert math.isfinite(trainer.train_step())
+
+
 def test_resolution_corners_train_the_size_and_resolution_mixes(space, tmp_path: Path) -> None:
     from nag.space import biggest, count_macs, smallest
     from nag.train.sandwich import resolution_corners

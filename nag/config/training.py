@@ -49,6 +49,9 @@ class SupernetTrainConfig:
     # Of the middle children, this many are drawn uniformly over the choices (the distribution a user's
     # random child comes from), the rest by `middle_sampler` (stratified: over its own slices of the range).
     uniform_middle_children: int = 0
+    # Of the middle children after the uniform ones, this many are drawn uniformly over the choices and moved
+    # to the lowest resolution (the rest by `middle_sampler`).
+    lowest_resolution_middle_children: int = 0
     # Each step also trains the biggest at the lowest resolution and the smallest at the highest (after the
     # smallest, before the middle children; with middle_slices they take slices like middle children).
     resolution_corners: bool = False
@@ -94,6 +97,9 @@ class SupernetTrainConfig:
             problems.append("num_middle_children and crop_pad must be >= 0")
         if not 0 <= self.uniform_middle_children <= self.num_middle_children:
             problems.append("uniform_middle_children must lie between 0 and num_middle_children")
+        if not 0 <= self.lowest_resolution_middle_children <= self.num_middle_children - self.uniform_middle_children:
+            problems.append("lowest_resolution_middle_children must lie between 0 and num_middle_children "
+                            "less uniform_middle_children")
         # torch 2.13's oneDNN corrupts the heap in the weight gradient of a stride-2 1x1 channels_last
         # convolution with fewer input channels than its block (oneDNN issue 6035) at odd batch sizes:
         # 17, 33, 43, 65 and 127 crashed here with 2 threads; 32, 64 and 128 gave the reference

@@ -32,6 +32,20 @@ def uniform_first(uniform_count: int, rest: MiddleSampler) -> MiddleSampler:
     return sampler
 
 
+def lowest_resolution_first(count: int, rest: MiddleSampler) -> MiddleSampler:
+    """The first `count` middle children drawn uniformly over the choices and moved to the lowest resolution,
+    the others by `rest`. Uniform draws put one child in as many as there are resolutions there: too few
+    for the lowest resolution's mid-size children to catch up with the smallest, which trains every step."""
+    def sampler(space: SearchSpace, rng: random.Random, total: int) -> list[Architecture]:
+        first = min(count, total)
+        lowest = min(space.resolutions)
+        return [*(Architecture.from_dict({**child.to_dict(), "resolution": lowest}, space)
+                  for child in uniform_middle(space, rng, first)),
+                *rest(space, rng, total - first)]
+
+    return sampler
+
+
 def resolution_corners(space: SearchSpace) -> list[Architecture]:
     """The biggest at the lowest resolution and the smallest at the highest: the two mixes of size and
     resolution that neither sandwich end trains, and that samplers tying resolution to MACs rarely draw."""

@@ -40,7 +40,13 @@ from nag.space.space import SearchSpace
 from nag.supernet.io import save_supernet
 from nag.supernet.model import Supernet
 from nag.train.attentive import AttentiveSampler
-from nag.train.sandwich import SandwichObjective, sandwich_children, uniform_first, uniform_middle
+from nag.train.sandwich import (
+    SandwichObjective,
+    lowest_resolution_first,
+    sandwich_children,
+    uniform_first,
+    uniform_middle,
+)
 from nag.train.schedule import floor_start, lr_at
 from nag.train.stratified import StratifiedSampler
 
@@ -221,6 +227,8 @@ class SupernetTrainer:
 
             def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
                 return attentive.choose(images, labels, rng, count)
+        if self.cfg.lowest_resolution_middle_children:
+            sampler = lowest_resolution_first(self.cfg.lowest_resolution_middle_children, sampler)
         if self.cfg.uniform_middle_children:
             sampler = uniform_first(self.cfg.uniform_middle_children, sampler)
         return sandwich_children(self.space, random.Random(step_seed(self.cfg, self.step, 1)),
@@ -389,6 +397,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-middle-children", type=int, help="middle children per sandwich step")
     p.add_argument("--uniform-middle-children", type=int,
                    help="this many of the middle children drawn uniformly over the choices, the rest by the sampler")
+    p.add_argument("--lowest-resolution-middle-children", type=int,
+                   help="this many of the middle children after the uniform ones drawn uniformly at the lowest "
+                        "resolution")
     p.add_argument("--resolution-corners", action=argparse.BooleanOptionalAction, default=None,
                    help="also train the biggest at the lowest resolution and the smallest at the highest each step")
     p.add_argument("--middle-slices", type=int,
@@ -421,6 +432,8 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                size_transform=args.size_transform,
                                                num_middle_children=args.num_middle_children,
                                                uniform_middle_children=args.uniform_middle_children,
+                                               lowest_resolution_middle_children=(
+                                                   args.lowest_resolution_middle_children),
                                                resolution_corners=args.resolution_corners,
                                                middle_slices=args.middle_slices,
                                                student_label_weight=args.student_label_weight,
