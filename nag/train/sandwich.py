@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -23,27 +24,31 @@ def uniform_middle(space: SearchSpace, rng: random.Random, count: int) -> list[A
     return [sample_uniform(space, rng) for _ in range(count)]
 
 
-def uniform_first(uniform_count: int, rest: MiddleSampler) -> MiddleSampler:
-    """The first `uniform_count` middle children drawn uniformly over the choices, the others by `rest`."""
+def uniform_at_lowest_resolution(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
+    """Uniform draws moved to the lowest resolution. Uniform draws put one child in as many as there are
+    resolutions there: too few for the lowest resolution's mid-size children to catch up with the smallest,
+    which trains every step."""
+    lowest = min(space.resolutions)
+    return [replace(child, resolution=lowest) for child in uniform_middle(space, rng, count)]
+
+
+def first_by(head: MiddleSampler, head_count: int, rest: MiddleSampler) -> MiddleSampler:
+    """The first `head_count` middle children drawn by `head`, the others by `rest`."""
     def sampler(space: SearchSpace, rng: random.Random, count: int) -> list[Architecture]:
-        first = min(uniform_count, count)
-        return [*uniform_middle(space, rng, first), *rest(space, rng, count - first)]
+        first = min(head_count, count)
+        return [*head(space, rng, first), *rest(space, rng, count - first)]
 
     return sampler
+
+
+def uniform_first(uniform_count: int, rest: MiddleSampler) -> MiddleSampler:
+    """The first `uniform_count` middle children drawn uniformly over the choices, the others by `rest`."""
+    return first_by(uniform_middle, uniform_count, rest)
 
 
 def lowest_resolution_first(count: int, rest: MiddleSampler) -> MiddleSampler:
-    """The first `count` middle children drawn uniformly over the choices and moved to the lowest resolution,
-    the others by `rest`. Uniform draws put one child in as many as there are resolutions there: too few
-    for the lowest resolution's mid-size children to catch up with the smallest, which trains every step."""
-    def sampler(space: SearchSpace, rng: random.Random, total: int) -> list[Architecture]:
-        first = min(count, total)
-        lowest = min(space.resolutions)
-        return [*(Architecture.from_dict({**child.to_dict(), "resolution": lowest}, space)
-                  for child in uniform_middle(space, rng, first)),
-                *rest(space, rng, total - first)]
-
-    return sampler
+    """The first `count` middle children drawn uniformly and moved to the lowest resolution, the others by `rest`."""
+    return first_by(uniform_at_lowest_resolution, count, rest)
 
 
 def resolution_corners(space: SearchSpace) -> list[Architecture]:
