@@ -49,7 +49,7 @@ def frontier_children(path: Path, space: SearchSpace, below_smallest: bool) -> l
         rows = [r for r in results["children"] if str(r["name"]).startswith("random")]
         keep = [r for r in rows if not below_smallest or float(r["test_acc"]) < smallest_acc]
         keep.sort(key=lambda r: (int(r["resolution"]), float(r["mmacs"])))
-        return [(str(r["name"]), Architecture.from_json(json.dumps(r["arch"]), space)) for r in keep]
+        return [(str(r["name"]), Architecture.from_dict(r["arch"], space)) for r in keep]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise NagError(f"{path} is no supernet_frontier results file: {exc}") from exc
 
@@ -116,15 +116,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     test_set = load_test_set(DataSource(), space.input.size, space.input.channels)
-    smallest_sliced = round(100 * float(child_correct(trained.supernet, smallest(space), trained.calibration_float,
-                                                      test_set).mean()), 2)
+    scored: dict[str, np.ndarray] = {}
+
+    def sliced(arch: Architecture) -> np.ndarray:
+        """Per-image correctness of the supernet's slice, once per architecture (the smallest may be listed)."""
+        if arch.arch_id not in scored:
+            scored[arch.arch_id] = child_correct(trained.supernet, arch, trained.calibration_float,
+                                                 test_set).astype(np.float64)
+        return scored[arch.arch_id]
+
+    smallest_sliced = round(100 * float(sliced(smallest(space)).mean()), 2)
     rows, children = [], []
     for (label, arch), run in zip(archs, runs, strict=True):
         if run.name in failed:
             continue
         alone = load_supernet(args.work / run.name / SUPERNET_FILE)
         alone_correct = child_correct(alone.supernet, arch, alone.calibration_float, test_set).astype(np.float64)
-        sliced_correct = child_correct(trained.supernet, arch, trained.calibration_float, test_set).astype(np.float64)
+        sliced_correct = sliced(arch)
         diff, se = paired_difference(sliced_correct[None], alone_correct[None])
         entry = {"label": label, "arch_id": arch.arch_id, "resolution": arch.resolution,
                  "mmacs": round(count_macs(arch, space) / 1e6, 3),
