@@ -96,22 +96,34 @@ class SandwichObjective(nn.Module):
                          and not is_kernel_matrix(name)]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, children: list[Architecture]) -> torch.Tensor:
+        losses = self.child_losses(images, labels, children, weight_decay=True)
+        loss = losses[0]
+        for child_loss in losses[1:]:
+            loss = loss + child_loss
+        return loss
+
+    def child_losses(self, images: torch.Tensor, labels: torch.Tensor, children: list[Architecture],
+                     weight_decay: bool = False) -> list[torch.Tensor]:
+        """Each child's loss term, in the order of `children`; the step's loss is their sum. With
+        `weight_decay` the biggest's term carries the decay too; without it each term's gradient is
+        exactly that child's share of the step's."""
         teacher_logits = self.supernet(images, children[0], dropout=True)
-        loss = F.cross_entropy(teacher_logits, labels, label_smoothing=self.label_smoothing)
-        if self.weight_decay > 0:
-            loss = loss + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
+        first = F.cross_entropy(teacher_logits, labels, label_smoothing=self.label_smoothing)
+        if weight_decay and self.weight_decay > 0:
+            first = first + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
+        losses = [first]
         soft = F.softmax(teacher_logits.detach() / self.temperature, dim=1)
         if len(children) > 1:  # one child: the standalone baseline, trained on the labels alone
-            loss = loss + self._student_loss(self.supernet(images, children[1]), soft, labels)
+            losses.append(self._student_loss(self.supernet(images, children[1]), soft, labels))
         # Middle child i sees slice i % middle_slices of the batch: more children for the same compute.
         image_parts = images.tensor_split(self.middle_slices)
         soft_parts = soft.tensor_split(self.middle_slices)
         label_parts = labels.tensor_split(self.middle_slices)
         for i, arch in enumerate(children[2:]):
             part = i % self.middle_slices
-            loss = loss + self._student_loss(self.supernet(image_parts[part], arch), soft_parts[part],
-                                             label_parts[part])
-        return loss
+            losses.append(self._student_loss(self.supernet(image_parts[part], arch), soft_parts[part],
+                                             label_parts[part]))
+        return losses
 
     def _student_loss(self, logits: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Soft targets at temperature T, scaled by T² so their gradient keeps its size (Hinton et al.).
