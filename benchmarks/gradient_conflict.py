@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from nag.config import SupernetTrainConfig, profile
 from nag.errors import NagError
 from nag.supernet.io import load_supernet
 from nag.supernet.layers import is_size_transform
-from nag.training.train_supernet import SupernetTrainer, setup_distributed, step_seed
+from nag.training.train_supernet import SupernetTrainer, setup_distributed
 
 # One gradient per parameter tensor; None where the child does not use the tensor.
 Gradient = Sequence[torch.Tensor | None]
@@ -58,7 +58,8 @@ def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() * b.double()).sum())
 
 
-def _flat(gradient: Gradient, like: Sequence[torch.Tensor]) -> torch.Tensor:
+def flatten(gradient: Gradient, like: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One float64 vector of a child's gradient, zeros where it does not reach."""
     return torch.cat([(g if g is not None else torch.zeros_like(p)).double().flatten()
                       for g, p in zip(gradient, like, strict=True)])
 
@@ -68,19 +69,17 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return _dot(a, b) / scale if scale > 0 else 0.0
 
 
-def cosines_with_the_rest(gradients: Sequence[Gradient], params: Sequence[torch.Tensor]) -> list[float]:
-    """Each child's gradient against the sum of all the others' (cosine)."""
-    flat = [_flat(g, params) for g in gradients]
-    total = torch.stack(flat).sum(dim=0)
+def cosines_with_the_rest(flat: Sequence[torch.Tensor]) -> list[float]:
+    """Each child's flattened gradient against the sum of all the others' (cosine)."""
+    total = torch.stack(list(flat)).sum(dim=0)
     return [_cosine(g, total - g) for g in flat]
 
 
-def biggest_vs_students(biggest: Gradient, students: Sequence[Gradient],
+def biggest_vs_students(biggest: Gradient, big_flat: torch.Tensor, student_sum: torch.Tensor,
                         params: Sequence[torch.Tensor]) -> BiggestVsStudents:
-    """Where the biggest's gradient points against the students' summed gradient, and how much of it a
-    projection onto the normal plane of the students' gradient would remove."""
-    big_flat = _flat(biggest, params)
-    student_sum = torch.stack([_flat(s, params) for s in students]).sum(dim=0)
+    """Where the biggest's gradient (per tensor, and `flatten`ed) points against the students' summed
+    flattened gradient, and how much of it a projection onto the normal plane of the students' gradient
+    would remove."""
     big_norm2 = _dot(big_flat, big_flat)
     whole_dot = _dot(big_flat, student_sum)
     student_norm2 = _dot(student_sum, student_sum)
@@ -146,23 +145,22 @@ def measure(trainer: SupernetTrainer, steps: int) -> list[dict[str, Any]]:
     for _ in tqdm(range(steps), desc="steps"):
         images, labels = trainer.batch(trainer.step)
         children = trainer.step_children(images, labels)
-        torch.manual_seed(step_seed(cfg, trainer.step, 2) * 64)  # the trainer's dropout draw for this step
+        trainer.seed_step_dropout()
         losses = objective.child_losses(images, labels, children)
         # The students' targets are the teacher's detached logits, so the children's graphs share only the
         # weights and each can be differentiated on its own.
         gradients = [torch.autograd.grad(loss, params, allow_unused=True) for loss in losses]
-        with_rest = cosines_with_the_rest(gradients, params)
-        versus = biggest_vs_students(gradients[0], gradients[1:], params)
+        flat = [flatten(g, params) for g in gradients]
+        with_rest = cosines_with_the_rest(flat)
+        versus = biggest_vs_students(gradients[0], flat[0], torch.stack(flat[1:]).sum(dim=0), params)
         rows.append({
             "step": trainer.step,
             "children": [{"role": role, "arch_id": arch.arch_id, "resolution": arch.resolution,
                           "loss": round(float(loss.detach()), 4),
-                          "grad_norm": round(float(_flat(g, params).norm()), 4),
+                          "grad_norm": round(float(g.norm()), 4),
                           "cosine_with_the_rest": round(cos, 4)}
-                         for role, arch, loss, g, cos in zip(roles, children, losses, gradients, with_rest,
-                                                             strict=True)],
-            "biggest_vs_students": {k: round(v, 4) if isinstance(v, float) else v
-                                    for k, v in versus.__dict__.items()},
+                         for role, arch, loss, g, cos in zip(roles, children, losses, flat, with_rest, strict=True)],
+            "biggest_vs_students": {k: round(v, 4) if isinstance(v, float) else v for k, v in asdict(versus).items()},
         })
         trainer.step += 1
     return rows

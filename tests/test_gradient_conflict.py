@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks.gradient_conflict import biggest_vs_students, child_roles, cosines_with_the_rest
+from benchmarks.gradient_conflict import biggest_vs_students, child_roles, cosines_with_the_rest, flatten
 from benchmarks.gradient_conflict import main as gradient_conflict
 from nag.config import profile
 from nag.space import biggest, sample_uniform, smallest
@@ -52,7 +52,7 @@ def test_conflict_measures_on_gradients_with_known_answers() -> None:
     # third tensor the biggest alone uses.
     big = [a, b, torch.tensor([1.0])]
     student = [-a, b, None]
-    result = biggest_vs_students(big, [student], params)
+    result = biggest_vs_students(big, flatten(big, params), flatten(student, params), params)
     assert result.shared_tensors == 2 and result.conflicting_tensors == 1
     big_norm2 = 9 + 16 + 1
     assert result.conflicting_norm_share == pytest.approx(9 / big_norm2)
@@ -61,14 +61,14 @@ def test_conflict_measures_on_gradients_with_known_answers() -> None:
     assert result.projected_share_per_tensor == pytest.approx(9 / big_norm2)
     assert result.projected_share_whole == 0.0
     assert result.cosine == pytest.approx(7 / (big_norm2 ** 0.5 * 5))
-    opposed = biggest_vs_students(big, [[-a, -b, None]], params)
+    opposed = biggest_vs_students(big, flatten(big, params), flatten([-a, -b, None], params), params)
     assert opposed.cosine < 0 and opposed.projected_share_whole == pytest.approx(25 / big_norm2)
 
     # Two identical children agree with each other; a third pointing the other way makes the rest disagree.
-    same = cosines_with_the_rest([big, big], params)
+    same = cosines_with_the_rest([flatten(big, params)] * 2)
     assert same == pytest.approx([1.0, 1.0])
     negative = [-a, -b, torch.tensor([-1.0])]
-    three = cosines_with_the_rest([big, big, negative], params)
+    three = cosines_with_the_rest([flatten(g, params) for g in (big, big, negative)])
     assert three[0] == pytest.approx(0.0) and three[2] == pytest.approx(-1.0)
 
 

@@ -234,13 +234,17 @@ class SupernetTrainer:
         return sandwich_children(self.space, random.Random(step_seed(self.cfg, self.step, 1)),
                                  self.cfg.num_middle_children, sampler, corners=self.cfg.resolution_corners)
 
+    def seed_step_dropout(self) -> None:
+        """Seed the teacher's dropout for this step and rank (the same draw on a resume)."""
+        torch.manual_seed(step_seed(self.cfg, self.step, 2) * 64 + self.dist.rank)
+
     def train_step(self) -> float:
         cfg = self.cfg
         images, labels = self.batch(self.step)
         children = self.step_children(images, labels)
         if self.dist.world > 1:
             self.children_seen.append([a.arch_id for a in children])
-        torch.manual_seed(step_seed(cfg, self.step, 2) * 64 + self.dist.rank)  # dropout
+        self.seed_step_dropout()
         lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.warmup_steps, cfg.lr_floor, cfg.decay_fraction)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
