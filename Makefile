@@ -51,7 +51,7 @@ lint: setup
 	.venv/bin/ruff check .
 
 train-supernet: setup
-	$(PY) -m nag.training.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
+	$(PY) -m nag.pipeline.train_supernet --profile $(PROFILE) --out $(RUN_DIR) --resume
 
 DEVICE ?= cpu
 profile-device: setup
@@ -60,15 +60,15 @@ profile-device: setup
 # Serves the committed default bundle at once; `make demo PROFILE=demo` first builds the small demo
 # bundle from scratch (supernet, device, triplets, evaluator, generator: a few minutes on 2 cores).
 demo: setup
-	$(PY) -m nag.training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
+	$(PY) -m nag.pipeline.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
 	$(PY) -m nag.server.demo --bundle $(BUNDLE)
 
 # Every missing stage of the bundle, then the evaluator and generator of each device.
 train-generator: setup
-	$(PY) -m nag.training.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
+	$(PY) -m nag.pipeline.train_generator --profile $(PROFILE) --bundle $(BUNDLE) --run-dir $(RUN_DIR)
 
 collect: setup
-	$(PY) -m nag.training.collect_triplets --bundle $(BUNDLE)
+	$(PY) -m nag.pipeline.collect_triplets --bundle $(BUNDLE)
 
 serve: setup
 	$(PY) -m nag.cli serve --bundle $(BUNDLE)

@@ -36,15 +36,15 @@ from benchmarks.results_io import RESULTS, machine, markdown_table, write_result
 from nag.bundle import load_bundle
 from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_LOG_FILE, SUPERNET_SUMMARY_FILE
 from nag.config import MIDDLE_SAMPLERS, profile
-from nag.core.encoding import TokenEncoder
-from nag.core.generator import Generator, token_cost, train_generator
 from nag.errors import NagError
 from nag.export.evaluate import child_accuracy, child_correct
-from nag.serving.inference import evaluator_score, pick_architecture
+from nag.pipeline.train_supernet import Distributed, SupernetTrainer
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.generator import Generator, token_cost, train_generator
+from nag.policy.inference import evaluator_score, pick_architecture
 from nag.space import count_macs, sample_stratified
 from nag.space.arch import biggest, from_tokens, smallest
 from nag.supernet.io import load_supernet
-from nag.training.train_supernet import Distributed, SupernetTrainer
 
 log = logging.getLogger("ablations")
 

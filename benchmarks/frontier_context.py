@@ -11,8 +11,8 @@ import numpy as np
 from nag.bundle.bundle import Bundle, DeviceModels
 from nag.config import SERVING_CALIBRATION_IMAGES, GeneratorConfig
 from nag.data.datasets import ImageSet
+from nag.policy.inference import target_budget
 from nag.search.fitness import EvaluationCache, SupernetFitness
-from nag.serving.inference import target_budget
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 

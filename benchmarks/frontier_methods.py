@@ -15,16 +15,16 @@ from tqdm import tqdm
 
 from benchmarks.frontier_context import SEARCHES, Context, Run, stable_seed
 from nag.bundle.bundle import TRIPLETS_FILE
-from nag.core.budgets import even_budgets
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import Evaluator, train_evaluator
-from nag.core.generator import Generator, RewardFn, token_cost, train_generator
-from nag.core.rewards import REWARDS, PredictedObjectives
-from nag.core.triplets import SAMPLED, read_triplets
+from nag.pnag.budgets import even_budgets
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import Evaluator, train_evaluator
+from nag.pnag.generator import Generator, RewardFn, token_cost, train_generator
+from nag.pnag.rewards import REWARDS, PredictedObjectives
+from nag.pnag.triplets import SAMPLED, read_triplets
+from nag.policy.inference import ScoreFn, evaluator_score, generate, pick_architecture
 from nag.search.baselines import EvolutionConfig, coarse_to_fine_search, evolutionary_search, random_search
 from nag.search.fitness import PredictorFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
-from nag.serving.inference import ScoreFn, evaluator_score, generate, pick_architecture
 from nag.space.arch import Architecture, biggest, from_tokens, smallest
 
 log = logging.getLogger("frontier")
@@ -247,7 +247,7 @@ def run_methods(ctx: Context, methods: list[str], budgets: list[float], ablation
 
     pipe = ctx.bundle.pipeline
     runs = timed("nag", lambda: run_nag(ctx, budgets, settings.nag_seeds))
-    if ctx.models.frontier is not None:  # built by NAG's first call (`nag.serving.frontier`)
+    if ctx.models.frontier is not None:  # built by NAG's first call (`nag.policy.frontier`)
         ctx.one_off_seconds["nag_serving_frontier"] = ctx.models.frontier.seconds
     if "independent" in methods:
         runs += timed("independent", lambda: run_independent(ctx, budgets, settings.search_seeds, equal_steps(ctx),

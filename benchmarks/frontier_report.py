@@ -16,7 +16,7 @@ from benchmarks.frontier_judge import at_profile_speed
 from benchmarks.results_io import markdown_table, write_results
 from nag.bundle.bundle import Bundle
 from nag.config import SERVING_CALIBRATION_IMAGES
-from nag.serving.inference import latency_margin
+from nag.policy.inference import latency_margin
 
 
 def _cell(row: dict[str, Any], method: str) -> str:

@@ -25,13 +25,13 @@ import torch
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from nag.bundle import load_bundle
 from nag.bundle.bundle import TRIPLETS_FILE
-from nag.core.triplets import read_triplets
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import device_dir
 from nag.data import DataSource, load_splits
 from nag.errors import NagError
 from nag.export.evaluate import child_accuracy
-from nag.serving.inference import generate
+from nag.pnag.triplets import read_triplets
+from nag.policy.inference import generate
 
 
 def generation_time_ms(bundle: Any, device: str, budget: float, repeats: int) -> list[float]:

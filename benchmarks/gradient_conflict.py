@@ -36,9 +36,9 @@ from benchmarks.results_io import RESULTS, machine, markdown_table, write_result
 from nag.artifacts import load_artifact
 from nag.config import SupernetTrainConfig, profile
 from nag.errors import NagError
+from nag.pipeline.train_supernet import SupernetTrainer, setup_distributed
 from nag.supernet.io import load_supernet
 from nag.supernet.layers import is_size_transform
-from nag.training.train_supernet import SupernetTrainer, setup_distributed
 
 # One gradient per parameter tensor; None where the child does not use the tensor.
 Gradient = Sequence[torch.Tensor | None]

@@ -44,8 +44,8 @@ from nag.bundle import load_bundle
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export import INPUT_NAME, GraphForm
-from nag.serving.inference import generate
-from nag.serving.materialize import export_child
+from nag.policy.inference import generate
+from nag.policy.materialize import export_child
 from nag.space import Architecture, biggest, count_macs, smallest
 
 LEVELS = ("ORT_DISABLE_ALL", "ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")

@@ -27,7 +27,7 @@ from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_SUMMARY_FILE, load_bundle
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export.evaluate import child_correct
-from nag.serving.inference import generate, resolve_device
+from nag.policy.inference import generate, resolve_device
 from nag.space import Architecture, SearchSpace, biggest, count_macs, sample_uniform, smallest
 from nag.supernet.io import load_supernet
 

@@ -6,7 +6,7 @@
 
 Each architecture (`--arch biggest|smallest|JSON|FILE`, repeatable; `--standard`: the biggest, the
 smallest and the server's picks at 25%, 50% and 75% of the `cpu` range of `--bundle`) is trained alone
-by `nag.training.train_supernet --arch` with the supernet's profile, epochs, schedule, augmentation
+by `nag.pipeline.train_supernet --arch` with the supernet's profile, epochs, schedule, augmentation
 and regularisation (only the sandwich is replaced by the one child), two at a time with one thread
 each. `--frontier FILE` adds the random children of a `supernet_frontier` results file (cheapest first;
 `--below-smallest`: only those it scored below the smallest), so the frontier's count below the smallest

@@ -14,9 +14,9 @@ import time
 import torch
 
 from benchmarks.results_io import machine, markdown_table, write_results
+from nag.recipe.sandwich import SandwichObjective, sandwich_children
 from nag.space import biggest, load_space
 from nag.supernet import Supernet
-from nag.train.sandwich import SandwichObjective, sandwich_children
 
 
 def measure(objective: SandwichObjective, optimizer: torch.optim.Optimizer, make_children, batch: int,

@@ -1,4 +1,4 @@
-"""Training runs of `nag.training.train_supernet` side by side, each in its own folder, with a deadline.
+"""Training runs of `nag.pipeline.train_supernet` side by side, each in its own folder, with a deadline.
 
 A run whose folder already holds `summary.json` is done and skipped; one stopped at the deadline gets
 SIGTERM, writes its checkpoint and continues with `--resume` next time (on any machine: checkpoints
@@ -48,7 +48,7 @@ def run_all(runs: list[TrainingRun], work: Path, parallel: int = 2, threads: int
             run = pending.pop(0)
             folder = work / run.name
             folder.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "nag.training.train_supernet", *run.args, *extra, "--out", str(folder),
+            cmd = [sys.executable, "-m", "nag.pipeline.train_supernet", *run.args, *extra, "--out", str(folder),
                    "--resume", "--device", device, "--threads", str(threads)]
             log = (work / f"{run.name}.log").open("ab")
             active[run.name] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.monotonic())

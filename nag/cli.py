@@ -14,7 +14,7 @@ from nag.space import resolve_arch
 
 
 def _cmd_train_supernet(rest: list[str]) -> int:
-    from nag.training.train_supernet import main as train_main
+    from nag.pipeline.train_supernet import main as train_main
 
     return train_main(rest)
 

@@ -151,9 +151,9 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
     from nag.bundle.bundle import bundle_or_default, load_bundle
-    from nag.serving.inference import generate_checked
-    from nag.serving.materialize import export_child
-    from nag.serving.request import resolve_request
+    from nag.policy.inference import generate_checked
+    from nag.policy.materialize import export_child
+    from nag.policy.request import resolve_request
 
     started = time.perf_counter()
     bundle = load_bundle(bundle_or_default(args.bundle))

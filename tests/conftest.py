@@ -5,8 +5,8 @@ import random
 import pytest
 import torch
 
-from nag.core.generator import TokenCost, token_cost
 from nag.data import DataSource, DataSplits, load_splits
+from nag.pnag.generator import TokenCost, token_cost
 from nag.space import SearchSpace, count_macs, load_space
 from nag.supernet import Supernet
 
@@ -52,7 +52,7 @@ def rng() -> random.Random:
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory):
     """A complete bundle built by the real pipeline with the `tiny` profile (flops device only)."""
     from nag.config import pipeline
-    from nag.training.train_generator import build
+    from nag.pipeline.train_generator import build
 
     base = tmp_path_factory.mktemp("bundles")
     build(base / "tiny", pipeline("tiny"), run_dir=base / "run", progress=False)

@@ -12,16 +12,16 @@ import torch.nn.functional as F
 
 from nag.bundle.bundle import load_generator, save_generator
 from nag.config import EvaluatorConfig, GeneratorConfig, profile
-from nag.core.budgets import even_budgets
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import train_evaluator
-from nag.core.generator import Generator, TokenCost, adaptive_sample_count, train_generator
 from nag.errors import NagError
+from nag.pipeline.train_supernet import Distributed, SupernetTrainer
+from nag.pnag.budgets import even_budgets
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import train_evaluator
+from nag.pnag.generator import Generator, TokenCost, adaptive_sample_count, train_generator
+from nag.recipe.attentive import AttentiveSampler
+from nag.recipe.proposal import MacsProposal
 from nag.space import SearchSpace, count_macs, sample_stratified
 from nag.supernet import Supernet
-from nag.train.attentive import AttentiveSampler
-from nag.train.proposal import MacsProposal
-from nag.training.train_supernet import Distributed, SupernetTrainer
 
 
 @pytest.fixture(scope="module")

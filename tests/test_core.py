@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from nag.artifacts import load_artifact, save_artifact
 from nag.bundle import BundleError, load_bundle, load_evaluator, save_evaluator
 from nag.config import GENERATION, EvaluatorConfig, GeneratorConfig, pipeline
-from nag.core.budgets import BudgetEmbedding, even_budgets
-from nag.core.dominance import dominance, dominance_tensor
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import Evaluator, train_evaluator
-from nag.core.generator import Generator, TokenCost, train_generator
 from nag.cost.device import DeviceError, packaged_profile
-from nag.serving.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
+from nag.pnag.budgets import BudgetEmbedding, even_budgets
+from nag.pnag.dominance import dominance, dominance_tensor
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import Evaluator, train_evaluator
+from nag.pnag.generator import Generator, TokenCost, train_generator
+from nag.policy.inference import BudgetOutOfRangeError, InvalidBudgetError, generate, target_budget
 from nag.space import SearchSpace, count_macs, from_tokens, sample_stratified, sample_uniform
 
 values = st.floats(min_value=0.0, max_value=100.0, allow_nan=False)
@@ -212,7 +212,7 @@ def test_a_bundle_maps_its_saved_pipeline_to_the_configs_it_was_trained_with(tin
 
 def test_a_device_dropped_into_the_bundle_is_trained_and_served(tiny_bundle: Path, tmp_path: Path) -> None:
     from nag.cost.device import DeviceProfile
-    from nag.training.train_generator import build
+    from nag.pipeline.train_generator import build
 
     copy = tmp_path / "b"
     shutil.copytree(tiny_bundle, copy)

@@ -10,7 +10,7 @@ from dataclasses import fields
 import pytest
 import torch
 
-from nag.core.encoding import TokenEncoder
+from nag.pnag.encoding import TokenEncoder
 from nag.space import (
     DIMENSIONS,
     SPACE_DIMENSIONS,

@@ -11,9 +11,9 @@ import pytest
 
 from nag.bundle import load_bundle
 from nag.bundle.bundle import Bundle
-from nag.core.triplets import read_triplets
-from nag.serving.frontier import FrontierEntry, ladder_budgets, pareto_front, serving_frontier
-from nag.serving.inference import SATURATION, generate
+from nag.pnag.triplets import read_triplets
+from nag.policy.frontier import FrontierEntry, ladder_budgets, pareto_front, serving_frontier
+from nag.policy.inference import SATURATION, generate
 from nag.space.arch import biggest, smallest
 
 DEFAULT_BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "default"

@@ -12,9 +12,9 @@ import torch
 from benchmarks.gradient_conflict import biggest_vs_students, child_roles, cosines_with_the_rest, flatten
 from benchmarks.gradient_conflict import main as gradient_conflict
 from nag.config import profile
+from nag.recipe.sandwich import SandwichObjective
 from nag.space import biggest, sample_uniform, smallest
 from nag.supernet.io import save_supernet
-from nag.train.sandwich import SandwichObjective
 
 
 def test_child_losses_split_the_step_loss_and_its_gradient_exactly(space, perturbed_supernet) -> None:

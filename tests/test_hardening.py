@@ -22,10 +22,10 @@ from nag.cli import main as nag_main
 from nag.client import channel, wait_until_serving
 from nag.config import ServiceConfig
 from nag.errors import NagError
+from nag.policy.inference import SATURATION, generate
 from nag.server.app import RunningServer, ServerOptions
 from nag.server.app import main as serve_main
 from nag.server.slots import FifoSlots
-from nag.serving.inference import SATURATION, generate
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 

@@ -1,6 +1,6 @@
 """The house drawn from the imports.
 
-The apps (`nag.server`, `nag.training`, `nag.cli`, `nag.client`) sit on top: the library never imports
+The apps (`nag.server`, `nag.pipeline`, `nag.cli`, `nag.client`) sit on top: the library never imports
 them. No import runs back up, between the folders of `nag/` or between its modules. No library module
 imports a `nag` module inside a function to dodge that layering (the apps may: `nag --help` stays fast).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 NAG = Path(__file__).resolve().parents[1] / "nag"
-APPS = ("nag.server", "nag.training", "nag.cli", "nag.client")
+APPS = ("nag.server", "nag.pipeline", "nag.cli", "nag.client")
 
 
 def _is_app(module: str) -> bool:
@@ -101,7 +101,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def _folder(module: str) -> str:
-    """`nag.core.frontier` -> `core`, `nag.cli` -> `cli`; the package itself is `nag`."""
+    """`nag.pnag.frontier` -> `core`, `nag.cli` -> `cli`; the package itself is `nag`."""
     parts = module.split(".")
     return parts[1] if len(parts) > 1 else parts[0]
 
@@ -122,7 +122,7 @@ def test_library_modules_import_nag_modules_at_module_level(path: Path) -> None:
 
 def test_no_import_runs_back_up_between_the_folders_of_nag() -> None:
     graph = _graph({_module(p): _folder(_module(p)) for p in _files()})
-    assert {"serving", "bundle", "core", "export", "supernet"} <= set(graph)
+    assert {"policy", "bundle", "pnag", "export", "supernet"} <= set(graph)
     cycle = _cycle(graph)
     assert cycle is None, "folders import each other: " + " -> ".join(cycle or [])
 

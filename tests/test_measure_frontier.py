@@ -18,11 +18,11 @@ from nag.cost.device import packaged_profile
 from nag.cost.predictor import FlopsCostModel
 from nag.cost.profiling import profile_device
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, Device, device_dir, read_measurements
-from nag.serving.frontier import serving_frontier
+from nag.pipeline.measure_frontier import measure_frontier
+from nag.pipeline.train_generator import build
+from nag.policy.frontier import serving_frontier
 from nag.space.arch import biggest, smallest
 from nag.space.space import SearchSpace
-from nag.training.measure_frontier import measure_frontier
-from nag.training.train_generator import build
 
 
 def test_a_measured_cost_replaces_the_prediction_for_that_child_only(space: SearchSpace) -> None:
@@ -73,7 +73,7 @@ def test_every_member_of_the_front_is_measured_and_the_bundle_stays_sealed(measu
 
 
 def test_an_analytic_device_is_refused_in_one_line(measured_bundle: Path) -> None:
-    run = subprocess.run([sys.executable, "-m", "nag.training.measure_frontier", "--bundle", str(measured_bundle),
+    run = subprocess.run([sys.executable, "-m", "nag.pipeline.measure_frontier", "--bundle", str(measured_bundle),
                           "--device", "flops"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and "nothing to measure" in run.stderr and "Traceback" not in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1

@@ -115,7 +115,7 @@ def test_wheel_holds_only_the_package_the_stubs_the_data_and_the_license(dists: 
     names = _wheel_names(dists["wheel"])
     strays = [n for n in names if not (n.startswith(("nag/", DIST_INFO)))]
     assert not strays, f"outside nag/ and its dist-info: {strays}"
-    for required in [*STUBS, *DATA, "nag/cli.py", "nag/server/app.py", "nag/training/train_supernet.py",
+    for required in [*STUBS, *DATA, "nag/cli.py", "nag/server/app.py", "nag/pipeline/train_supernet.py",
                      f"{DIST_INFO}licenses/LICENSE", f"{DIST_INFO}entry_points.txt"]:
         assert required in names, required
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

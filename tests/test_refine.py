@@ -11,15 +11,15 @@ import pytest
 
 from nag.bundle.bundle import TRIPLETS_FILE, load_bundle
 from nag.config import pipeline
-from nag.core.triplets import SAMPLED, Triplet, read_triplets, refine_source
 from nag.errors import NagError
 from nag.export.evaluate import child_accuracy
-from nag.serving.frontier import FrontierEntry, build_frontier, pareto_front, proposal_pool, propose_ranked
-from nag.serving.inference import generate
-from nag.training.collect_triplets import triplet_measuring
-from nag.training.refine import refine
-from nag.training.train_generator import build
-from nag.training.train_generator import main as train_generator_main
+from nag.pipeline.collect_triplets import triplet_measuring
+from nag.pipeline.refine import refine
+from nag.pipeline.train_generator import build
+from nag.pipeline.train_generator import main as train_generator_main
+from nag.pnag.triplets import SAMPLED, Triplet, read_triplets, refine_source
+from nag.policy.frontier import FrontierEntry, build_frontier, pareto_front, proposal_pool, propose_ranked
+from nag.policy.inference import generate
 
 # The tiny profile's images budget is spent on the validation scale and the proposals alone.
 REFINING = dataclasses.replace(pipeline("tiny"), refine_rounds=3, refine_generator_steps=5, refine_min_gain=-100.0,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from nag.train.schedule import lr_at
+from nag.recipe.schedule import lr_at
 
 
 def test_warmup_decay_and_constant_ending() -> None:

@@ -14,12 +14,13 @@ import torch
 from benchmarks.frontier_stats import hypervolume, paired_bootstrap, regrets, verdict
 from nag.bundle import load_bundle
 from nag.config import EvaluatorConfig, GeneratorConfig
-from nag.core.budgets import BudgetEmbedding
-from nag.core.dominance import dominance_tensor
-from nag.core.encoding import TokenEncoder
-from nag.core.generator import Generator, train_generator
-from nag.core.rewards import PredictedObjectives, mnasnet_reward, tunas_reward
 from nag.errors import NagError
+from nag.pnag.budgets import BudgetEmbedding
+from nag.pnag.dominance import dominance_tensor
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.generator import Generator, train_generator
+from nag.pnag.rewards import PredictedObjectives, mnasnet_reward, tunas_reward
+from nag.policy.inference import pick_architecture
 from nag.search.baselines import (
     EvolutionConfig,
     FeasibleSampler,
@@ -30,7 +31,6 @@ from nag.search.baselines import (
 )
 from nag.search.fitness import EvaluationCache, Fitness, SupernetFitness
 from nag.search.mlp_predictor import MLPPredictorConfig, fit_mlp_predictor
-from nag.serving.inference import pick_architecture
 from nag.space import SearchSpace, count_macs, sample_uniform
 from nag.space.arch import biggest, smallest, to_tokens, validate
 
@@ -153,7 +153,7 @@ def test_a_single_budget_embedding_is_constant() -> None:
 
 
 def test_cost_only_rule_ignores_accuracy() -> None:
-    from nag.core.dominance import dominance_cost_only
+    from nag.pnag.dominance import dominance_cost_only
 
     cost1, cost2 = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 2.0])
     acc1, acc2 = torch.tensor([50.0, 90.0]), torch.tensor([90.0, 50.0])

@@ -212,7 +212,7 @@ def test_learned_size_transforms_reach_the_static_child_below_the_largest_resolu
 
 
 def test_size_transforms_learn_from_their_resolution_only_and_carry_no_weight_decay(space) -> None:
-    from nag.train.sandwich import SandwichObjective
+    from nag.recipe.sandwich import SandwichObjective
 
     net = Supernet(space, size_transforms=True)
     x, y = torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 2, 3])

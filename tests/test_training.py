@@ -19,8 +19,8 @@ import torch
 from nag.artifacts import load_artifact
 from nag.config import profile
 from nag.errors import NagError
+from nag.pipeline.train_supernet import Distributed, SupernetTrainer
 from nag.supernet.io import load_supernet
-from nag.training.train_supernet import Distributed, SupernetTrainer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -92,7 +92,7 @@ def test_resume_with_another_config_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "nag.training.train_supernet", "--profile", "tiny", "--epochs", "3", "--out",
+    args = [sys.executable, "-m", "nag.pipeline.train_supernet", "--profile", "tiny", "--epochs", "3", "--out",
             str(out)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -167,7 +167,7 @@ def test_ddp_two_gloo_processes_hold_identical_weights(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "nag.training.train_supernet", "--profile", "tiny", "--out", str(out)],
+         "-m", "nag.pipeline.train_supernet", "--profile", "tiny", "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=300, env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -193,7 +193,7 @@ def test_config_errors_are_clear() -> None:
 
 
 def test_cli_average_at_floor_ships_the_average_and_logs_both(tmp_path: Path) -> None:
-    from nag.training.train_supernet import build_config, main, parse_args
+    from nag.pipeline.train_supernet import build_config, main, parse_args
 
     assert build_config(parse_args(["--profile", "tiny"])).average_at_floor is False
     assert main(["--profile", "tiny", "--out", str(tmp_path), "--average-at-floor"]) == 0
@@ -216,8 +216,8 @@ def test_standalone_mode_trains_and_reports_one_child(tmp_path: Path) -> None:
 
 
 def test_fixed_arch_trains_that_child_alone(tmp_path: Path) -> None:
+    from nag.pipeline.train_supernet import main
     from nag.space import load_space, sample_uniform
-    from nag.training.train_supernet import main
 
     arch = sample_uniform(load_space(None), random.Random(3))
     (tmp_path / "child.json").write_text(arch.to_json())
@@ -229,7 +229,7 @@ def test_fixed_arch_trains_that_child_alone(tmp_path: Path) -> None:
 
 
 def test_fixed_arch_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from nag.training.train_supernet import main
+    from nag.pipeline.train_supernet import main
 
     assert main(["--profile", "tiny", "--out", str(tmp_path), "--arch", '{"resolution": 28}']) == 2
     assert main(["--profile", "tiny", "--out", str(tmp_path), "--arch", "missing.json"]) == 2
@@ -245,8 +245,8 @@ def test_fixed_arch_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_stratified_middle_children_cover_the_macs_range(space) -> None:
+    from nag.recipe.stratified import StratifiedSampler
     from nag.space import count_macs
-    from nag.train.stratified import StratifiedSampler
 
     sampler = StratifiedSampler(space, seed=0)
     lo, hi = sampler.proposal.lo, sampler.proposal.hi
@@ -309,8 +309,8 @@ def _sharp_eval_supernet(net: torch.nn.Module) -> torch.nn.Module:
 def test_sliced_middle_children_each_learn_from_their_own_slice(space, perturbed_supernet) -> None:
     import torch.nn.functional as F
 
+    from nag.recipe.sandwich import SandwichObjective, soft_cross_entropy
     from nag.space import biggest, sample_uniform, smallest
-    from nag.train.sandwich import SandwichObjective, soft_cross_entropy
 
     net = _sharp_eval_supernet(perturbed_supernet)
     images, labels = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
@@ -334,7 +334,7 @@ def test_sliced_middle_children_each_learn_from_their_own_slice(space, perturbed
 
 
 def test_every_training_batch_is_even(tmp_path: Path) -> None:
-    from nag.training.train_supernet import build_config, parse_args
+    from nag.pipeline.train_supernet import build_config, parse_args
 
     assert build_config(parse_args(["--profile", "tiny", "--middle-slices", "4"])).middle_slices == 4
     with pytest.raises(NagError, match="batch_size must be an even multiple of middle_slices"):
@@ -348,10 +348,10 @@ def test_every_training_batch_is_even(tmp_path: Path) -> None:
 
 
 def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> None:
+    from nag.pipeline.train_supernet import build_config, parse_args, step_seed
+    from nag.recipe.sandwich import uniform_first
+    from nag.recipe.stratified import StratifiedSampler
     from nag.space import count_macs, sample_uniform
-    from nag.train.sandwich import uniform_first
-    from nag.train.stratified import StratifiedSampler
-    from nag.training.train_supernet import build_config, parse_args, step_seed
 
     stratified = StratifiedSampler(space)
     got = uniform_first(1, stratified)(space, random.Random(3), 3)
@@ -376,10 +376,10 @@ def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> N
 
 
 def test_some_middle_children_can_be_drawn_at_the_lowest_resolution(space, tmp_path: Path) -> None:
+    from nag.pipeline.train_supernet import build_config, parse_args, step_seed
+    from nag.recipe.sandwich import lowest_resolution_first, uniform_first
+    from nag.recipe.stratified import StratifiedSampler
     from nag.space import sample_uniform
-    from nag.train.sandwich import lowest_resolution_first, uniform_first
-    from nag.train.stratified import StratifiedSampler
-    from nag.training.train_supernet import build_config, parse_args, step_seed
 
     stratified = StratifiedSampler(space)
     lowest = min(space.resolutions)
@@ -407,9 +407,9 @@ def test_some_middle_children_can_be_drawn_at_the_lowest_resolution(space, tmp_p
 
 
 def test_resolution_corners_train_the_size_and_resolution_mixes(space, tmp_path: Path) -> None:
+    from nag.pipeline.train_supernet import build_config, parse_args
+    from nag.recipe.sandwich import resolution_corners
     from nag.space import biggest, count_macs, smallest
-    from nag.train.sandwich import resolution_corners
-    from nag.training.train_supernet import build_config, parse_args
 
     wide_low, narrow_high = resolution_corners(space)
     assert wide_low.resolution == min(space.resolutions) and narrow_high.resolution == max(space.resolutions)
@@ -433,8 +433,8 @@ def test_resolution_corners_train_the_size_and_resolution_mixes(space, tmp_path:
 def test_students_can_see_the_labels_and_softer_targets(space, perturbed_supernet) -> None:
     import torch.nn.functional as F
 
+    from nag.recipe.sandwich import SandwichObjective, soft_cross_entropy
     from nag.space import biggest, sample_uniform, smallest
-    from nag.train.sandwich import SandwichObjective, soft_cross_entropy
 
     net = _sharp_eval_supernet(perturbed_supernet)
     images, labels = torch.rand(6, 1, 28, 28), torch.randint(0, 10, (6,))

@@ -22,11 +22,11 @@ from typing import Any
 
 from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
 from nag.config import PipelineConfig
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.evaluator import Evaluator
-from nag.core.generator import Generator
 from nag.cost.store import Device, device_dir, list_devices, load_device
 from nag.errors import CheckpointError, NagError
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.evaluator import Evaluator
+from nag.pnag.generator import Generator
 from nag.space.arch import smallest
 from nag.space.space import SearchSpace
 from nag.supernet.io import TrainedSupernet, load_supernet
@@ -208,7 +208,7 @@ class DeviceModels:
     evaluator: Evaluator
     generator: Generator
     min_cost: float
-    # The table picks are chosen from (`nag.serving.frontier`), built on first use; `dataclasses.replace`
+    # The table picks are chosen from (`nag.policy.frontier`), built on first use; `dataclasses.replace`
     # does not copy it, so a copy with another device builds its own.
     frontier: Any = field(default=None, init=False, repr=False, compare=False)
 

@@ -1,5 +1,5 @@
 """Training configs of the evaluator (PNAG section 3.3) and of the generator (sections 3.1-3.2, with the
-FP-NAS options described in `nag.core.generator`)."""
+FP-NAS options described in `nag.pnag.generator`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from nag.config.checks import check
 
-# The evaluator's dominance rules, by name (`nag.core.dominance` holds their functions).
+# The evaluator's dominance rules, by name (`nag.pnag.dominance` holds their functions).
 DOMINANCE_RULE_NAMES = ("pareto", "cost-only")
 
 

@@ -36,10 +36,10 @@ class PipelineConfig:
     # FP-NAS options for generator training (off: `benchmarks/ablations.py` did not show a gain).
     adaptive_lambda: float | None = _GENERATOR.adaptive_lambda  # samples per budget = λ·entropy instead of N
     factorized_steps: int = _GENERATOR.factorized_steps  # coarse-to-fine: factorized distribution first
-    # Measure each local device's serving frontier as the last stage (`nag.training.measure_frontier`, about
+    # Measure each local device's serving frontier as the last stage (`nag.pipeline.measure_frontier`, about
     # a minute). The demo skips it to stay within 3 minutes; its server verifies picks' latency instead.
     measure_frontier: bool = True
-    # On-policy refinement (`nag.training.refine`): up to `refine_rounds` rounds (0: off) of measuring the
+    # On-policy refinement (`nag.pipeline.refine`): up to `refine_rounds` rounds (0: off) of measuring the
     # proposed (unmeasured) entries of each device's serving front, re-scoring the measured fronts on more
     # validation images, retraining the evaluators and fine-tuning the generators for
     # `refine_generator_steps`; stop when the fronts hold no proposed entry, when the measured fronts'
@@ -52,7 +52,7 @@ class PipelineConfig:
     refine_min_gain: float = 0.05
     # Re-scoring: a triplet within `refine_confirm_margin` points of a device's measured front is measured
     # on the validation images after its first `triplet_val_images`, up to `refine_confirm_images` in all
-    # (0: off), and the two scores are pooled (`nag.training.refine._confirm_fronts`).
+    # (0: off), and the two scores are pooled (`nag.pipeline.refine._confirm_fronts`).
     refine_confirm_images: int = 5000
     refine_confirm_margin: float = 0.25
     refine_scale_children: int = 30  # re-scored at random to put all triplets on the whole split's scale

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from nag.core.encoding import TokenEncoder
 from nag.data.datasets import ImageSet
 from nag.export.evaluate import child_accuracy
+from nag.pnag.encoding import TokenEncoder
 from nag.space.arch import Architecture
 from nag.supernet.model import Supernet
 

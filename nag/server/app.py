@@ -27,11 +27,11 @@ from nag.bundle.bundle import Bundle, bundle_or_default, load_bundle
 from nag.config import ServiceConfig
 from nag.cost.device import contract_problems
 from nag.errors import NagError
+from nag.policy.frontier import serving_frontier
+from nag.policy.materialize import export_child
 from nag.server.calibration import CalibrationConfig, SpeedCalibration
 from nag.server.metrics import METHODS, ServerMetrics
 from nag.server.service import GeneratorService, add_service
-from nag.serving.frontier import serving_frontier
-from nag.serving.materialize import export_child
 from nag.space.arch import biggest
 from nag.v1 import generator_pb2 as pb
 

@@ -18,11 +18,7 @@ from nag.bundle.bundle import Bundle
 from nag.config import ServiceConfig
 from nag.cost.device import DeviceError
 from nag.export import GraphForm
-from nag.server.cache import ByteLRU
-from nag.server.calibration import Speed, SpeedCalibration, is_local
-from nag.server.metrics import ServerMetrics
-from nag.server.slots import FifoSlots, SlotTimeout
-from nag.serving.inference import (
+from nag.policy.inference import (
     BudgetOutOfRangeError,
     Generated,
     InvalidBudgetError,
@@ -31,8 +27,12 @@ from nag.serving.inference import (
     generate_checked,
     resolve_device,
 )
-from nag.serving.materialize import ExportedModel, export_child
-from nag.serving.request import BudgetRequest, resolve_request
+from nag.policy.materialize import ExportedModel, export_child
+from nag.policy.request import BudgetRequest, resolve_request
+from nag.server.cache import ByteLRU
+from nag.server.calibration import Speed, SpeedCalibration, is_local
+from nag.server.metrics import ServerMetrics
+from nag.server.slots import FifoSlots, SlotTimeout
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 

@@ -49,10 +49,10 @@ class Triplet:
     measured: dict[str, float] = field(default_factory=dict)  # measured median, where profiled
     # Provenance: SAMPLED (the stratified first collection) or `refine_source(device, round)` (an entry of
     # that device's serving front, proposed by its generator and measured by on-policy refinement,
-    # `nag.training.refine`; bundles refined before held the generator's picks and runners-up there).
+    # `nag.pipeline.refine`; bundles refined before held the generator's picks and runners-up there).
     source: str = SAMPLED
     val_images: int = 0  # validation images `val_acc` was measured on (0: not recorded, the pipeline's count)
-    # Added to the measurement to put it on the scale of the whole validation split (`nag.training.refine`):
+    # Added to the measurement to put it on the scale of the whole validation split (`nag.pipeline.refine`):
     # the first images of the split are not exactly as hard as all of it.
     val_shift: float = 0.0
 

@@ -3,16 +3,16 @@
 Uniform sampling puts most middle children near the space's median MACs (a sum of many independent
 choices), so the children just below the biggest and just above the smallest are rarely trained.
 Here middle child i of n gets a MACs target drawn uniformly from the i-th of n equal slices of the
-range and is drawn near it by the offline proposal distribution (`nag.train.proposal`).
+range and is drawn near it by the offline proposal distribution (`nag.recipe.proposal`).
 """
 
 from __future__ import annotations
 
 import random
 
+from nag.recipe.proposal import MacsProposal
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
-from nag.train.proposal import MacsProposal
 
 
 class StratifiedSampler:

@@ -16,7 +16,7 @@ of a per-device table within the target, and the table holds, scored by **one ac
   One draw of 32 samples kept 16 distinct architectures over 48 budgets on the default bundle, and the
   requests' own samples found 6.2-MMAC children that fitted 0.16 ms and scored 1.1 test points above
   the frontier's pick there; 3 draws of 64, 3 kept each, hold 203 (1.1 s to build, once per bundle).
-  On-policy refinement (`nag.training.refine`) measures the proposed entries that reach the front.
+  On-policy refinement (`nag.pipeline.refine`) measures the proposed entries that reach the front.
 
 The table is reduced to its Pareto front (cost ascending, expected accuracy strictly increasing), and
 the pick for a target T is the front's last entry with cost <= T. Because the pool does not depend on
@@ -51,11 +51,11 @@ import numpy as np
 import torch
 
 from nag.bundle.bundle import TRIPLETS_FILE, Bundle, DeviceModels
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.evaluator import Evaluator
-from nag.core.generator import Generator
-from nag.core.triplets import Triplet, read_triplets
 from nag.cost.store import Device
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.evaluator import Evaluator
+from nag.pnag.generator import Generator
+from nag.pnag.triplets import Triplet, read_triplets
 from nag.space.arch import Architecture, biggest, from_tokens, smallest, to_tokens
 
 LADDER_BUDGETS = 48  # half geometric (fine at the low end), half linear (fine at the top) over the range

@@ -17,8 +17,8 @@ from torch import nn
 from tqdm import tqdm
 
 from nag.config import EvaluatorConfig
-from nag.core.budgets import BudgetEmbedding
-from nag.core.dominance import DOMINANCE_RULES
+from nag.pnag.budgets import BudgetEmbedding
+from nag.pnag.dominance import DOMINANCE_RULES
 
 log = logging.getLogger(__name__)
 

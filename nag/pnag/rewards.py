@@ -4,7 +4,7 @@
 - TuNAS's absolute reward: ACC + β · |c / B − 1| (β < 0).
 
 ACC is the accuracy predictor's estimate as a fraction, c the device's predicted cost. PNAG's own
-reward is the evaluator's score (`nag.core.generator.train_generator` with an `Evaluator`).
+reward is the evaluator's score (`nag.pnag.generator.train_generator` with an `Evaluator`).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.encoding import TokenEncoder
-from nag.core.generator import RewardFn
 from nag.cost.store import Device
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.generator import RewardFn
 from nag.space.arch import from_tokens
 
 MNASNET_EXPONENT = -0.07

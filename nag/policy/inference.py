@@ -5,7 +5,7 @@ learned budgets, `candidates` architectures are sampled in one batch, their cost
 predictor, infeasible ones are dropped (a bounded number of resampling rounds if none is feasible; then
 the space's cheapest child, which the caller is told about), and the evaluator's score picks the best.
 `generate`, what the server and the CLI serve, chooses from the device's serving frontier instead
-(`nag.serving.frontier`): the generator's picks across the device's range and the bundle's measured
+(`nag.policy.frontier`): the generator's picks across the device's range and the bundle's measured
 triplets, scored by one accuracy estimate, so that a pick is never worse than what the bundle measured
 within the budget and never gets worse as the budget rises. On a device whose costs are measured
 latencies the pick targets the budget less a margin for the predictor's error
@@ -25,13 +25,13 @@ import torch
 
 from nag.bundle.bundle import Bundle, DeviceModels
 from nag.config import GENERATION
-from nag.core.evaluator import Evaluator
-from nag.core.generator import Generator
 from nag.cost.device import DeviceError
 from nag.cost.store import Device
 from nag.errors import NagError
 from nag.limits import MAX_CANDIDATES, MAX_SEED
-from nag.serving.frontier import FrontierEntry, serving_frontier
+from nag.pnag.evaluator import Evaluator
+from nag.pnag.generator import Generator
+from nag.policy.frontier import FrontierEntry, serving_frontier
 from nag.space.arch import Architecture, from_tokens, smallest, to_tokens
 from nag.space.plan import count_macs, count_params
 
@@ -184,7 +184,7 @@ def target_budget(budget: float, models: DeviceModels, margin: float | None = No
 def generate(bundle: Bundle, budget: float, device: str | None = None, candidates: int = 64,
              seed: int | None = None, max_rounds: int = 4, margin: float | None = None) -> Generated:
     """The best architecture within `target_budget(budget, ..., margin)` (in the device's unit) of the
-    device's serving frontier (`nag.serving.frontier`): the bundle's measured triplets and the generator's
+    device's serving frontier (`nag.policy.frontier`): the bundle's measured triplets and the generator's
     proposals across the device's range, scored by one accuracy estimate (measured validation accuracy,
     else the bundle's accuracy predictor), reported as `predicted_accuracy`. The pool does not depend on
     the budget, so the pick is never worse than the best measured architecture within the target, and
@@ -201,7 +201,7 @@ def generate(bundle: Bundle, budget: float, device: str | None = None, candidate
 def generate_checked(bundle: Bundle, models: DeviceModels, budget: float, candidates: int, seed: int | None,
                      margin: float | None = None) -> Generated:
     """`generate` for a device, budget, candidate count and seed validated already (by
-    `nag.serving.request.resolve_request`, or by `generate` itself)."""
+    `nag.policy.request.resolve_request`, or by `generate` itself)."""
     target = target_budget(budget, models, margin)
     seed = secrets.randbits(31) if seed is None else int(seed)
     space = bundle.space

@@ -1,6 +1,6 @@
 """Collect (architecture, cost, validation accuracy) triplets for a bundle (`make collect`).
 
-    python -m nag.training.collect_triplets --bundle bundles/default --archs 1000
+    python -m nag.pipeline.collect_triplets --bundle bundles/default --archs 1000
 
 Resumable: triplets are saved every few architectures and measured ids are skipped on restart.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 import torch
 
 from nag.bundle.bundle import SUPERNET_FILE, TRIPLETS_FILE
-from nag.core.triplets import SAMPLED, Triplet, collect_triplets, measure_triplet
 from nag.cost.store import MEASUREMENTS_FILE, Device, device_dir, list_devices, load_device, read_measurements
 from nag.data import DataSource, load_splits
 from nag.data.datasets import ImageSet
 from nag.errors import NagError
+from nag.pnag.triplets import SAMPLED, Triplet, collect_triplets, measure_triplet
 from nag.space.arch import Architecture
 from nag.supernet.io import load_supernet
 from nag.supernet.model import Supernet

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nag.bundle.bundle import Bundle, DeviceModels
-from nag.serving.inference import InvalidBudgetError, check_budget, check_seed, resolve_device
+from nag.policy.inference import InvalidBudgetError, check_budget, check_seed, resolve_device
 
 MACS_PER_MMAC = 1e6
 FLOPS_DEVICE = "flops"

@@ -1,11 +1,11 @@
 """Build a whole bundle (`make train-generator`): every missing stage, then the generator.
 
-    python -m nag.training.train_generator --profile default --bundle bundles/default
+    python -m nag.pipeline.train_generator --profile default --bundle bundles/default
 
 Stages, each skipped when its output is already in the bundle: supernet (trained with the same
 profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
 and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; then
-on-policy refinement when the profile asks for it (`nag.training.refine`); finally the serving frontier
+on-policy refinement when the profile asks for it (`nag.pipeline.refine`); finally the serving frontier
 of every device this machine can measure (`measure_frontier`), sealed again.
 """
 
@@ -43,12 +43,6 @@ from nag.bundle.bundle import (
 )
 from nag.config import PipelineConfig, pipeline
 from nag.config import profile as supernet_profile
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.budgets import even_budgets
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import train_evaluator
-from nag.core.generator import Generator, token_cost, train_generator
-from nag.core.triplets import read_triplets
 from nag.cost.device import DeviceProfile, packaged_profile
 from nag.cost.profiling import profile_device
 from nag.cost.store import (
@@ -60,11 +54,17 @@ from nag.cost.store import (
     load_device,
 )
 from nag.errors import NagError
+from nag.pipeline.collect_triplets import collect
+from nag.pipeline.measure_frontier import measurable_here, measure_frontier
+from nag.pipeline.refine import refine
+from nag.pipeline.train_supernet import train as train_supernet
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.budgets import even_budgets
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import train_evaluator
+from nag.pnag.generator import Generator, token_cost, train_generator
+from nag.pnag.triplets import read_triplets
 from nag.supernet.io import load_supernet
-from nag.training.collect_triplets import collect
-from nag.training.measure_frontier import measurable_here, measure_frontier
-from nag.training.refine import refine
-from nag.training.train_supernet import train as train_supernet
 
 log = logging.getLogger("train_generator")
 

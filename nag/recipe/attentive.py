@@ -1,7 +1,7 @@
 """AttentiveNAS middle children (BestUp / WorstUp): of k candidates near a MACs target, train the best or worst.
 
 Per middle child: a MACs target from a uniform prior over the space's range, `k` candidates drawn
-near it by the offline proposal distribution (`nag.train.proposal`), then the candidate with the
+near it by the offline proposal distribution (`nag.recipe.proposal`), then the candidate with the
 lowest ("best") or highest ("worst") proxy cost is trained. The proxy is the cross-entropy on the
 current mini-batch (AttentiveNAS's published setting, k = 3) or minus an accuracy predictor's
 estimate.
@@ -17,13 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from nag.config import ATTENTIVE_PROXIES
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.encoding import TokenEncoder
 from nag.errors import NagError
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.encoding import TokenEncoder
+from nag.recipe.proposal import MacsProposal
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 from nag.supernet.model import Supernet
-from nag.train.proposal import MacsProposal
 
 STRATEGIES = ("best", "worst")
 

@@ -5,7 +5,7 @@ exploits the evaluator wherever those triplets are thin. Here the pipeline goes 
 evaluators and generators. Once per bundle, every triplet is put on the scale of the whole validation
 split (`_calibrate_scale`). Then, in rounds:
 
-1. every device's serving frontier is built exactly as the server builds it (`nag.serving.frontier`);
+1. every device's serving frontier is built exactly as the server builds it (`nag.policy.frontier`);
    its **proposed** entries (the generator's children that the accuracy predictor puts on the front,
    never measured) are measured through the supernet on the validation split, exactly like the first
    triplets, and appended with their provenance (`refine:<device>:<round>`);
@@ -54,17 +54,17 @@ from nag.bundle.bundle import (
     write_manifest,
 )
 from nag.config import PipelineConfig
-from nag.core.accuracy import AccuracyPredictor
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import pairwise_agreement, train_evaluator
-from nag.core.generator import token_cost, train_generator
-from nag.core.triplets import SAMPLED, Triplet, read_triplets, refine_source, write_triplets
 from nag.cost.store import device_dir
 from nag.errors import NagError
-from nag.serving.frontier import FrontierEntry, ServingFrontier, build_frontier, pareto_front
+from nag.pipeline.collect_triplets import TripletMeasuring, triplet_measuring
+from nag.pnag.accuracy import AccuracyPredictor
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import pairwise_agreement, train_evaluator
+from nag.pnag.generator import token_cost, train_generator
+from nag.pnag.triplets import SAMPLED, Triplet, read_triplets, refine_source, write_triplets
+from nag.policy.frontier import FrontierEntry, ServingFrontier, build_frontier, pareto_front
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
-from nag.training.collect_triplets import TripletMeasuring, triplet_measuring
 
 log = logging.getLogger("refine")
 

@@ -1,7 +1,7 @@
 """Train the elastic supernet with the BigNAS recipe.
 
-    python -m nag.training.train_supernet --profile demo --out runs/demo
-    torchrun --nproc-per-node 2 -m nag.training.train_supernet --profile tiny --out runs/ddp
+    python -m nag.pipeline.train_supernet --profile demo --out runs/demo
+    torchrun --nproc-per-node 2 -m nag.pipeline.train_supernet --profile tiny --out runs/ddp
 
 Every step is reproducible from (seed, step) alone: the data order of an epoch, the augmentation, the
 children and dropout are all seeded from them, so `--resume` continues bit-for-bit, and every DDP
@@ -35,22 +35,22 @@ from nag.config import MIDDLE_SAMPLERS, TRAIN_MODES, SupernetTrainConfig, profil
 from nag.data import DataSplits, load_splits, random_crop_flip
 from nag.errors import CheckpointError, NagError
 from nag.export.evaluate import child_accuracy, torch_child_accuracy
-from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
-from nag.space.space import SearchSpace
-from nag.supernet.io import save_supernet
-from nag.supernet.model import Supernet
-from nag.train.attentive import AttentiveSampler
-from nag.train.sandwich import (
+from nag.recipe.attentive import AttentiveSampler
+from nag.recipe.sandwich import (
     SandwichObjective,
     lowest_resolution_first,
     sandwich_children,
     uniform_first,
     uniform_middle,
 )
-from nag.train.schedule import floor_start, lr_at
-from nag.train.stratified import StratifiedSampler
+from nag.recipe.schedule import floor_start, lr_at
+from nag.recipe.stratified import StratifiedSampler
+from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
+from nag.space.space import SearchSpace
+from nag.supernet.io import save_supernet
+from nag.supernet.model import Supernet
 
-log = logging.getLogger("nag.train")
+log = logging.getLogger("nag.recipe")
 CHECKPOINT_FORMAT = 1
 
 

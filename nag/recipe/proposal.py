@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nag.core.encoding import TokenEncoder
+from nag.pnag.encoding import TokenEncoder
 from nag.space.arch import Architecture, from_tokens
 from nag.space.plan import count_macs
 from nag.space.sampling import sample_tilted

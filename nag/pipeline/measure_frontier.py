@@ -1,6 +1,6 @@
 """Measure the serving frontier of a local device, so that its picks keep their latency budget.
 
-    python -m nag.training.measure_frontier --bundle bundles/default --device cpu
+    python -m nag.pipeline.measure_frontier --bundle bundles/default --device cpu
 
 A pick is the child the accuracy estimate likes best among those the latency predictor says fit, so the
 predictor's under-predictions gather exactly where picks are made: on the default bundle the generator's
@@ -27,7 +27,7 @@ from nag.cost.measure import LatencyMeasurement
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, device_dir, read_measurements, write_measurements
 from nag.errors import NagError
-from nag.serving.frontier import serving_frontier
+from nag.policy.frontier import serving_frontier
 from nag.space.arch import smallest
 
 log = logging.getLogger("measure_frontier")

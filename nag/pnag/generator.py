@@ -29,9 +29,9 @@ from torch import nn
 from tqdm import tqdm
 
 from nag.config import GeneratorConfig
-from nag.core.budgets import BudgetEmbedding
-from nag.core.encoding import TokenEncoder
-from nag.core.evaluator import Evaluator
+from nag.pnag.budgets import BudgetEmbedding
+from nag.pnag.encoding import TokenEncoder
+from nag.pnag.evaluator import Evaluator
 from nag.space.arch import Architecture, from_tokens
 from nag.space.space import SearchSpace
 
