@@ -51,17 +51,20 @@ SPACES = {"default": load_space(), "variant": _variant()}
 def _values(arch: Architecture, dim: Dimension) -> list[int]:
     """Every value `arch` holds for `dim`, stage by stage and layer by layer."""
     if dim.scope is Scope.GLOBAL:
-        return [getattr(arch, dim.name)]
-    per_stage = [getattr(stage, dim.name) for stage in arch.stages]
+        return [arch.value(dim)]
+    per_stage = [stage.value(dim) for stage in arch.stages]
     return [v for value in per_stage for v in (value if dim.scope is Scope.LAYER else (value,))]
 
 
 def test_the_declaration_matches_the_architecture_and_the_space() -> None:
     names = [d.name for d in SPACE_DIMENSIONS]
     assert len(set(names)) == len(names)
+    # `extra` holds the registered dimensions' values (tests/test_extending.py).
     assert [d.name for d in SPACE_DIMENSIONS if d.scope is Scope.GLOBAL] == [
-        f.name for f in fields(Architecture) if f.name != "stages"]
-    assert [d.name for d in SPACE_DIMENSIONS if d.scope is not Scope.GLOBAL] == [f.name for f in fields(StageArch)]
+        f.name for f in fields(Architecture) if f.name not in ("stages", "extra")]
+    assert [d.name for d in SPACE_DIMENSIONS if d.scope is not Scope.GLOBAL] == [
+        f.name for f in fields(StageArch) if f.name != "extra"]
+    assert all(d.builtin for d in SPACE_DIMENSIONS)
     assert DIMENSIONS == ("resolution", "width", "depth", "kernel", "expansion")
     space = SPACES["default"]
     spec = space.stages[0]
@@ -77,7 +80,11 @@ def test_the_declaration_matches_the_architecture_and_the_space() -> None:
 @pytest.mark.parametrize("space_name", sorted(SPACES))
 @pytest.mark.parametrize("dim", SPACE_DIMENSIONS, ids=lambda d: d.name)
 def test_every_declared_dimension_drives_the_space(dim: Dimension, space_name: str) -> None:
-    space = SPACES[space_name]
+    check_dimension_drives_the_space(dim, SPACES[space_name])
+
+
+def check_dimension_drives_the_space(dim: Dimension, space: SearchSpace) -> None:
+    """The checks of one dimension in one space (also run on registered dimensions by test_extending)."""
     low, high = smallest(space), biggest(space)
     n_stages = len(space.stages)
 

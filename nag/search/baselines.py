@@ -23,7 +23,6 @@ import numpy as np
 
 from nag.search.fitness import Fitness
 from nag.space.arch import (
-    SPACE_DIMENSIONS,
     Architecture,
     assemble,
     from_tokens,
@@ -32,7 +31,7 @@ from nag.space.arch import (
     smallest,
     to_tokens,
 )
-from nag.space.dimensions import Dimension, Scope, families, of_scope
+from nag.space.dimensions import Dimension, Scope, families, of_scope, space_dimensions
 from nag.space.sampling import sample_tilted
 from nag.space.space import SearchSpace
 
@@ -194,8 +193,9 @@ def skeletons(space: SearchSpace, levels: int = 3) -> list[Architecture]:
     """BigNAS's coarse grid: every value of the global dimensions that no stage shares (the resolution) ×
     one level per family of the stage dimensions (depth, width, kernel, expansion), shared by all stages
     and by the global dimensions of the same family (the stem's width)."""
-    stage_families = families(of_scope(SPACE_DIMENSIONS, Scope.STAGE, Scope.LAYER))
-    free = [d for d in of_scope(SPACE_DIMENSIONS, Scope.GLOBAL) if d.family not in stage_families]
+    dims = space_dimensions(space)
+    stage_families = families(of_scope(dims, Scope.STAGE, Scope.LAYER))
+    free = [d for d in of_scope(dims, Scope.GLOBAL) if d.family not in stage_families]
     out = []
     for combo in itertools.product(*(d.choices(space) for d in free), *(range(levels) for _ in stage_families)):
         chosen = dict(zip((d.name for d in free), combo[:len(free)], strict=True))

@@ -16,7 +16,14 @@ from nag.space.arch import (
     to_tokens,
     validate,
 )
-from nag.space.dimensions import Dimension, Scope
+from nag.space.dimensions import (
+    Dimension,
+    Scope,
+    register_dimension,
+    registered_dimensions,
+    space_dimensions,
+    unregister_dimension,
+)
 from nag.space.neighbours import DIMENSIONS, with_dimension_of
 from nag.space.plan import BlockPlan, ChildPlan, child_plan, count_macs, count_params
 from nag.space.sampling import sample_stratified, sample_tilted
@@ -43,12 +50,16 @@ __all__ = [
     "from_tokens",
     "load_space",
     "mutate",
+    "register_dimension",
+    "registered_dimensions",
     "resolve_arch",
     "sample_stratified",
     "sample_tilted",
     "sample_uniform",
     "smallest",
+    "space_dimensions",
     "to_tokens",
+    "unregister_dimension",
     "validate",
     "with_dimension_of",
 ]

@@ -1,8 +1,9 @@
 """Architectures: immutable values of a search space, their JSON, ids, tokens, sampling and mutation.
 
-The dimensions of the space are declared once, in `SPACE_DIMENSIONS`: the JSON, the validation, the
-tokens, sampling, the extremes and mutation below iterate it, as do the encoder, the one-dimension
-neighbours and the coarse search grid.
+The dimensions of the space are declared once, in `nag.space.dimensions` (`SPACE_DIMENSIONS` and the
+registered ones): the JSON, the validation, the tokens, sampling, the extremes and mutation below iterate
+the dimensions a space searches (`space_dimensions`), as do the encoder, the one-dimension neighbours and
+the coarse search grid.
 """
 
 from __future__ import annotations
@@ -17,7 +18,19 @@ from pathlib import Path
 from typing import Any
 
 from nag.errors import ArchitectureError
-from nag.space.dimensions import DEPTH, Dimension, Scope, of_scope
+from nag.space.dimensions import (
+    BUILTIN_NAMES,
+    DEPTH,
+    NO_EXTRA,
+    SPACE_DIMENSIONS,
+    Dimension,
+    FrozenMap,
+    Scope,
+    of_scope,
+    read_value,
+    registered_dimensions,
+    space_dimensions,
+)
 from nag.space.space import SearchSpace
 
 
@@ -29,10 +42,17 @@ class StageArch:
     width: int
     kernels: tuple[int, ...]
     expansions: tuple[int, ...]
+    # Registered dimensions' values (layer ones as tuples), only those the space searches: a dimension
+    # missing here has its default.
+    extra: FrozenMap[int | tuple[int, ...]] = NO_EXTRA
+
+    def value(self, dimension: Dimension) -> Any:
+        return read_value(self, dimension)
 
     def to_dict(self) -> dict[str, Any]:
-        return {d.name: list(getattr(self, d.name)) if d.scope is Scope.LAYER else getattr(self, d.name)
-                for d in _PER_STAGE}
+        return {**{d.name: list(getattr(self, d.name)) if d.scope is Scope.LAYER else getattr(self, d.name)
+                   for d in _PER_STAGE},
+                **{name: list(v) if isinstance(v, tuple) else v for name, v in self.extra.items()}}
 
 
 @dataclass(frozen=True)
@@ -42,9 +62,14 @@ class Architecture:
     resolution: int
     stem_width: int
     stages: tuple[StageArch, ...]
+    extra: FrozenMap[int] = NO_EXTRA  # registered global dimensions' values, as in `StageArch.extra`
+
+    def value(self, dimension: Dimension) -> Any:
+        return read_value(self, dimension)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{d.name: getattr(self, d.name) for d in _GLOBAL}, "stages": [s.to_dict() for s in self.stages]}
+        return {**{d.name: getattr(self, d.name) for d in _GLOBAL}, **self.extra,
+                "stages": [s.to_dict() for s in self.stages]}
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no white space; equal architectures give equal strings."""
@@ -57,13 +82,18 @@ class Architecture:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], space: SearchSpace) -> Architecture:
+        """Validated; a registered dimension the space searches and `raw` lacks takes its default (JSON
+        written before the dimension existed), one the space does not search must be at its default."""
+        dims = space_dimensions(space)
         try:
-            arch = cls(
-                **{d.name: _as_int(raw[d.name], d.name) for d in _GLOBAL},
-                stages=tuple(
-                    StageArch(**{d.name: _read(s, d, f"stages[{i}].{d.name}") for d in _PER_STAGE})
-                    for i, s in enumerate(raw["stages"])
-                ),
+            for d in registered_dimensions():
+                if d not in dims:
+                    _check_unsearched(raw, d)
+            arch = _architecture(
+                {d.name: _as_int(_get(raw, d, 0), d.name) for d in of_scope(dims, Scope.GLOBAL)},
+                tuple(_stage({d.name: _read(s, d, f"stages[{i}].{d.name}")
+                              for d in of_scope(dims, Scope.STAGE, Scope.LAYER)})
+                      for i, s in enumerate(raw["stages"])),
             )
         except KeyError as exc:
             raise ArchitectureError(f"architecture lacks the field {exc.args[0]!r}") from None
@@ -83,20 +113,24 @@ class Architecture:
         return cls.from_dict(raw, space)
 
 
-# The dimensions of the space, declared once; each names a field of the classes above (a test checks that
-# they agree). Within a scope, this order is the order of the tokens, of the JSON and of the validation.
-SPACE_DIMENSIONS: tuple[Dimension, ...] = (
-    Dimension("resolution", Scope.GLOBAL, source="resolutions", family="resolution"),
-    Dimension("stem_width", Scope.GLOBAL, source="stem.widths", family="width"),
-    Dimension("depth", Scope.STAGE, source="depths", family="depth"),
-    Dimension("width", Scope.STAGE, source="widths", family="width"),
-    Dimension("kernels", Scope.LAYER, source="kernels", family="kernel"),
-    Dimension("expansions", Scope.LAYER, source="expansions", family="expansion"),
-)
 _GLOBAL = of_scope(SPACE_DIMENSIONS, Scope.GLOBAL)
-_STAGE = of_scope(SPACE_DIMENSIONS, Scope.STAGE)
-_LAYER = of_scope(SPACE_DIMENSIONS, Scope.LAYER)
 _PER_STAGE = of_scope(SPACE_DIMENSIONS, Scope.STAGE, Scope.LAYER)  # the fields of `StageArch`
+
+
+def _split(values: dict[str, Any]) -> tuple[dict[str, Any], FrozenMap[Any]]:
+    """(the built-in fields, the registered dimensions' values) of `values`."""
+    return ({k: v for k, v in values.items() if k in BUILTIN_NAMES},
+            FrozenMap((k, v) for k, v in values.items() if k not in BUILTIN_NAMES))
+
+
+def _stage(values: dict[str, Any]) -> StageArch:
+    fields, extra = _split(values)
+    return StageArch(**fields, extra=extra)
+
+
+def _architecture(values: dict[str, Any], stages: tuple[StageArch, ...]) -> Architecture:
+    fields, extra = _split(values)
+    return Architecture(**fields, stages=stages, extra=extra)
 
 
 def _as_int(value: Any, field: str) -> int:
@@ -105,10 +139,27 @@ def _as_int(value: Any, field: str) -> int:
     return value
 
 
+def _get(raw: dict[str, Any], dimension: Dimension, depth: Any) -> Any:
+    if dimension.builtin or dimension.name in raw:
+        return raw[dimension.name]
+    return dimension.default_value(depth if isinstance(depth, int) else 0)
+
+
 def _read(raw: dict[str, Any], dimension: Dimension, field: str) -> int | tuple[int, ...]:
+    value = _get(raw, dimension, raw.get(DEPTH))
     if dimension.scope is Scope.LAYER:
-        return tuple(_as_int(v, field) for v in raw[dimension.name])
-    return _as_int(raw[dimension.name], field)
+        return tuple(_as_int(v, field) for v in value)
+    return _as_int(value, field)
+
+
+def _check_unsearched(raw: dict[str, Any], dimension: Dimension) -> None:
+    owners = [raw] if dimension.scope is Scope.GLOBAL else list(raw["stages"])
+    for owner in owners:
+        value = owner.get(dimension.name, dimension.default) if isinstance(owner, dict) else dimension.default
+        values = value if isinstance(value, list) else [value]
+        if any(v != dimension.default for v in values):
+            raise ArchitectureError(f"{dimension.name}={value!r}: the space does not search {dimension.name!r} "
+                                    f"(only its default {dimension.default})")
 
 
 def validate(arch: Architecture, space: SearchSpace) -> None:
@@ -118,20 +169,36 @@ def validate(arch: Architecture, space: SearchSpace) -> None:
         if value not in choices:
             raise ArchitectureError(f"{field}={value} is not one of {list(choices)}")
 
-    for d in _GLOBAL:
-        check(d.name, getattr(arch, d.name), d.choices(space))
+    dims = space_dimensions(space)
+    _check_canonical(arch, dims)
+    for d in of_scope(dims, Scope.GLOBAL):
+        check(d.name, arch.value(d), d.choices(space))
     if len(arch.stages) != len(space.stages):
         raise ArchitectureError(f"stages has {len(arch.stages)} entries, the space has {len(space.stages)}")
     for i, stage in enumerate(arch.stages):
-        for d in _STAGE:
-            check(f"stages[{i}].{d.name}", getattr(stage, d.name), d.choices(space, i))
-        for d in _LAYER:
-            values = getattr(stage, d.name)
+        for d in of_scope(dims, Scope.STAGE):
+            check(f"stages[{i}].{d.name}", stage.value(d), d.choices(space, i))
+        for d in of_scope(dims, Scope.LAYER):
+            values = stage.value(d)
             if len(values) != stage.depth:
                 raise ArchitectureError(f"stages[{i}].{d.name} has {len(values)} entries, depth is {stage.depth}")
-        for d in _LAYER:
-            for j, v in enumerate(getattr(stage, d.name)):
+        for d in of_scope(dims, Scope.LAYER):
+            for j, v in enumerate(stage.value(d)):
                 check(f"stages[{i}].{d.name}[{j}]", v, d.choices(space, i))
+
+
+def _check_canonical(arch: Architecture, dims: tuple[Dimension, ...]) -> None:
+    """`extra` holds exactly the registered dimensions the space searches, so equal children have one JSON
+    and one id."""
+    registered = [d for d in dims if not d.builtin]
+    owners: list[tuple[str, Architecture | StageArch, tuple[Scope, ...]]] = [
+        ("the architecture", arch, (Scope.GLOBAL,))]
+    owners += [(f"stages[{i}]", s, (Scope.STAGE, Scope.LAYER)) for i, s in enumerate(arch.stages)]
+    for where, owner, scopes in owners:
+        wanted = [d.name for d in registered if d.scope in scopes]
+        if set(owner.extra) != set(wanted):
+            raise ArchitectureError(f"{where} holds the registered dimensions {list(owner.extra)}, the space "
+                                    f"searches {wanted}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -152,11 +219,11 @@ class Decision:
     def value_in(self, arch: Architecture) -> int | None:
         """This decision's value in `arch`; None for a layer beyond its stage's depth."""
         if self.stage is None:
-            return getattr(arch, self.dimension.name)
+            return arch.value(self.dimension)
         stage = arch.stages[self.stage]
         if self.layer is None:
-            return getattr(stage, self.dimension.name)
-        return getattr(stage, self.dimension.name)[self.layer] if self.layer < stage.depth else None
+            return stage.value(self.dimension)
+        return stage.value(self.dimension)[self.layer] if self.layer < stage.depth else None
 
 
 @functools.cache
@@ -167,11 +234,13 @@ def decisions(space: SearchSpace) -> tuple[Decision, ...]:
 
     Cached per space (spaces are frozen): searches decode tens of thousands of token sequences.
     """
-    out = [Decision(d.name, d.choices(space), d) for d in _GLOBAL]
+    dims = space_dimensions(space)
+    out = [Decision(d.name, d.choices(space), d) for d in of_scope(dims, Scope.GLOBAL)]
     for i, spec in enumerate(space.stages):
-        out += [Decision(f"stages[{i}].{d.name}", d.choices(space, i), d, i) for d in _STAGE]
+        out += [Decision(f"stages[{i}].{d.name}", d.choices(space, i), d, i) for d in of_scope(dims, Scope.STAGE)]
         for j in range(spec.max_depth):
-            out += [Decision(f"stages[{i}].{d.name}[{j}]", d.choices(space, i), d, i, j) for d in _LAYER]
+            out += [Decision(f"stages[{i}].{d.name}[{j}]", d.choices(space, i), d, i, j)
+                    for d in of_scope(dims, Scope.LAYER)]
     return tuple(out)
 
 
@@ -189,7 +258,8 @@ def from_tokens(tokens: list[int] | tuple[int, ...], space: SearchSpace) -> Arch
         if not 0 <= int(tok) < len(dec.choices):
             raise ArchitectureError(f"token {pos} ({dec.name})={tok} is outside [0, {len(dec.choices)})")
     values: dict[str, Any] = {}
-    stages: list[dict[str, Any]] = [{d.name: () for d in _LAYER} for _ in space.stages]
+    layer_dims = of_scope(space_dimensions(space), Scope.LAYER)
+    stages: list[dict[str, Any]] = [{d.name: () for d in layer_dims} for _ in space.stages]
     for tok, dec in zip(tokens, space_decisions, strict=True):
         value = dec.choices[int(tok)]
         if dec.stage is None:
@@ -198,7 +268,7 @@ def from_tokens(tokens: list[int] | tuple[int, ...], space: SearchSpace) -> Arch
             stages[dec.stage][dec.dimension.name] = value
         elif dec.layer < stages[dec.stage][DEPTH]:
             stages[dec.stage][dec.dimension.name] += (value,)
-    return Architecture(**values, stages=tuple(StageArch(**s) for s in stages))
+    return _architecture(values, tuple(_stage(s) for s in stages))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,14 +283,16 @@ def assemble(space: SearchSpace, pick: Pick) -> Architecture:
     """An architecture with every decision made by `pick`: stage by stage its stage dimensions, then each
     layer dimension for all the stage's layers, then the global dimensions. Seeded samplers draw in this
     order, so changing it changes which architecture a seed gives."""
+    dims = space_dimensions(space)
     stages = []
     for i in range(len(space.stages)):
-        values: dict[str, Any] = {d.name: pick(d, i, d.choices(space, i)) for d in _STAGE}
-        for d in _LAYER:
+        values: dict[str, Any] = {d.name: pick(d, i, d.choices(space, i)) for d in of_scope(dims, Scope.STAGE)}
+        for d in of_scope(dims, Scope.LAYER):
             choices = d.choices(space, i)
             values[d.name] = tuple(pick(d, i, choices) for _ in range(values[DEPTH]))
-        stages.append(StageArch(**values))
-    return Architecture(**{d.name: pick(d, None, d.choices(space)) for d in _GLOBAL}, stages=tuple(stages))
+        stages.append(_stage(values))
+    return _architecture({d.name: pick(d, None, d.choices(space)) for d in of_scope(dims, Scope.GLOBAL)},
+                         tuple(stages))
 
 
 def sample_uniform(space: SearchSpace, rng: random.Random) -> Architecture:

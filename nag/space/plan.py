@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nag.space.arch import Architecture
+from nag.space.arch import Architecture, StageArch
+from nag.space.dimensions import Dimension, Scope, space_dimensions
 from nag.space.space import SearchSpace
 
 
@@ -63,7 +64,23 @@ class ChildPlan:
     num_classes: int
 
 
+def _with_effects(b: BlockPlan, registered: tuple[Dimension, ...], arch: Architecture, stage: StageArch
+                  ) -> BlockPlan:
+    """`b` changed by the registered dimensions' values at its layer (in registration order). An effect may
+    not change where the block sits or the shapes it passes on: the next block and the head are planned
+    from the built-in dimensions alone."""
+    fixed = (b.stage, b.index, b.c_in, b.c_out, b.stride, b.h_in, b.h_out)
+    for d in registered:
+        assert d.effect is not None
+        value = (arch if d.scope is Scope.GLOBAL else stage).value(d)
+        b = d.effect(b, value[b.index] if d.scope is Scope.LAYER else value)
+        if (b.stage, b.index, b.c_in, b.c_out, b.stride, b.h_in, b.h_out) != fixed:
+            raise ValueError(f"dimension {d.name!r} changed a block's position, channels or map size")
+    return b
+
+
 def child_plan(arch: Architecture, space: SearchSpace) -> ChildPlan:
+    registered = tuple(d for d in space_dimensions(space) if not d.builtin)
     size = conv_out(arch.resolution, space.stem.stride)
     stem_out = size
     c = arch.stem_width
@@ -73,7 +90,7 @@ def child_plan(arch: Architecture, space: SearchSpace) -> ChildPlan:
             stride = spec.stride if j == 0 else 1
             mid = c * stage.expansions[j]
             out_size = conv_out(size, stride)
-            blocks.append(
+            blocks.append(_with_effects(
                 BlockPlan(
                     stage=i,
                     index=j,
@@ -89,8 +106,7 @@ def child_plan(arch: Architecture, space: SearchSpace) -> ChildPlan:
                     shortcut_conv=j == 0,
                     h_in=size,
                     h_out=out_size,
-                )
-            )
+                ), registered, arch, stage))
             c, size = stage.width, out_size
     return ChildPlan(
         resolution=arch.resolution,

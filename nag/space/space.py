@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nag.errors import SpaceError
+from nag.space.dimensions import NO_EXTRA, FrozenMap, Scope, registered_dimensions
 
 ACTIVATIONS = ("relu", "hswish")
 
@@ -46,6 +47,7 @@ class StageSpec:
     stride: int
     se: bool
     act: str
+    extra: FrozenMap[tuple[int, ...]] = NO_EXTRA  # the choice lists of registered dimensions, by name
 
     @property
     def max_width(self) -> int:
@@ -80,6 +82,7 @@ class SearchSpace:
     stages: tuple[StageSpec, ...]
     head: HeadSpec
     dropout: float
+    extra: FrozenMap[tuple[int, ...]] = NO_EXTRA  # the choice lists of registered global dimensions, by name
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SearchSpace:
@@ -109,11 +112,13 @@ class SearchSpace:
                         stride=int(s["stride"]),
                         se=bool(s["se"]),
                         act=str(s["act"]),
+                        extra=_extra_choices(s, Scope.STAGE, Scope.LAYER),
                     )
                     for s in raw["stages"]
                 ),
                 head=HeadSpec(width=int(raw["head"]["width"]), act=str(raw["head"]["act"])),
                 dropout=float(raw["dropout"]),
+                extra=_extra_choices(raw, Scope.GLOBAL),
             )
         except KeyError as exc:
             raise SpaceError(f"search space config lacks the field {exc.args[0]!r}") from None
@@ -147,15 +152,25 @@ class SearchSpace:
                 continue
             if any(k % 2 == 0 for k in s.kernels):
                 problems.append(f"stages[{i}].kernels must be odd")
+            if not all(s.extra.values()):
+                problems.append(f"stages[{i}] has an empty choice list")
             if s.stride not in (1, 2) or min(s.depths) < 1 or min(s.widths) < 1 or min(s.expansions) < 1:
                 problems.append(f"stages[{i}] needs stride 1 or 2 and positive depths, widths, expansions")
+        if not all(self.extra.values()):
+            problems.append("a global choice list is empty")
         if not 0.0 <= self.dropout < 1.0:
             problems.append("dropout must lie in [0, 1)")
         if problems:
             raise SpaceError("invalid search space: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The space's JSON object: registered dimensions' choice lists sit under their sources' keys."""
+        raw = asdict(self)
+        sources = {d.name: d.source for d in registered_dimensions()}
+        for owner, spec in [(raw, self), *zip(raw["stages"], self.stages, strict=True)]:
+            del owner["extra"]
+            owner.update({sources.get(name, name): list(choices) for name, choices in spec.extra.items()})
+        return raw
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, indent=1)
@@ -163,6 +178,12 @@ class SearchSpace:
     @property
     def max_resolution(self) -> int:
         return max(self.resolutions)
+
+
+def _extra_choices(raw: dict[str, Any], *scopes: Scope) -> FrozenMap[tuple[int, ...]]:
+    """The choice lists `raw` gives for registered dimensions of `scopes` (absent ones: not searched)."""
+    return FrozenMap((d.name, _sorted_ints(raw[d.source])) for d in registered_dimensions()
+                     if d.scope in scopes and d.source in raw)
 
 
 def _sorted_ints(values: Any) -> tuple[int, ...]:
