@@ -150,18 +150,18 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
 
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
+    """The server's path in-process: the same serving policy, so the same model bytes for the same request."""
     from nag.bundle.bundle import bundle_or_default, load_bundle
-    from nag.policy.inference import generate_checked
-    from nag.policy.materialize import export_child
+    from nag.policy.answer import AnswerOptions, ServingPolicy
     from nag.policy.request import resolve_request
 
     started = time.perf_counter()
     bundle = load_bundle(bundle_or_default(args.bundle))
     req = resolve_request(bundle, latency_ms=args.budget_ms, macs=args.macs, device=args.device,
                           candidates=args.candidates or 0, seed=args.seed)
-    g = generate_checked(bundle, req.models, req.budget, req.candidates, req.seed)
-    exported = export_child(bundle, g.arch)
-    timings = {k: 1e3 * v for k, v in {**g.timings, **exported.timings}.items()}
+    answer = ServingPolicy(bundle).answer(req, AnswerOptions())
+    g, exported = answer.generated, answer.model
+    timings = {k: 1e3 * v for k, v in answer.timings.items() if k != "total"}
     timings["total"] = 1e3 * (time.perf_counter() - started)
     return GeneratedModel(exported.onnx, exported.sha256, g.arch.to_json(), g.arch.arch_id, g.device, g.unit,
                           g.predicted_cost, g.target, g.predicted_accuracy, g.macs, g.params, timings, False)
@@ -177,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if args.candidates is not None and not 1 <= args.candidates <= MAX_CANDIDATES:
         print(f"error: --candidates must lie in [1, {MAX_CANDIDATES}], got {args.candidates}", file=sys.stderr)
         return 2
+    if args.seed is not None or args.candidates is not None:
+        print("note: --seed and --candidates are deprecated and change nothing: the answer is a function of the "
+              "bundle, device, budget and graph form", file=sys.stderr)
     model = request_local(args) if args.local else request_remote(args)
     if hashlib.sha256(model.onnx).hexdigest() != model.sha256:
         print("error: the model's bytes do not match its sha256", file=sys.stderr)
@@ -199,8 +202,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget.add_argument("--budget-ms", type=float, help="latency budget in ms on the device")
     budget.add_argument("--macs", type=float, help="MACs budget (the flops pseudo-device)")
     p.add_argument("--device", help="device name (default: the server's default device)")
-    p.add_argument("--candidates", type=int, help="candidates to sample (default: server default)")
-    p.add_argument("--seed", type=int, help="fix the sampling (same seed, same architecture)")
+    p.add_argument("--candidates", type=int, help="deprecated: no effect (picks come from the serving frontier)")
+    p.add_argument("--seed", type=int, help="deprecated: no effect (the same budget always gives the same model)")
     p.add_argument("-o", "--output", required=True, help="where to write the .onnx file")
     p.add_argument("--server", default="127.0.0.1:50051", help="server address, host:port (default: %(default)s)")
     p.add_argument("--timeout", type=float, default=30.0, help="RPC deadline in seconds")

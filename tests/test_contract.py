@@ -14,9 +14,12 @@ import pytest
 
 from nag.bundle.bundle import MANIFEST_FILE, _sha256, seal_manifest
 from nag.client import channel
+from nag.config import ServiceConfig
 from nag.cost.device import DeviceError, DeviceProfile, contract_problems, packaged_profile
 from nag.cost.measure import session_options
 from nag.errors import NagError
+from nag.policy.answer import AnswerOptions, ServingPolicy, rounded_speed
+from nag.policy.request import resolve_request
 from nag.server.app import RunningServer, ServerOptions
 from nag.server.app import main as serve_main
 from nag.server.calibration import Speed
@@ -94,7 +97,9 @@ def test_a_mismatched_contract_is_refused_unless_allowed(mismatched_bundle: Path
 
 @pytest.fixture(scope="module")
 def default_server() -> Iterator[RunningServer]:
-    running = RunningServer(ServerOptions(bundle=DEFAULT, port=0, metrics_port=-1))
+    """The default bundle served with speed calibration on (`nag serve --calibrate-speed`)."""
+    running = RunningServer(ServerOptions(bundle=DEFAULT, port=0, metrics_port=-1,
+                                          service=ServiceConfig(calibrate_speed=True)))
     running.load()
     yield running
     running.stop(0, drain=0)
@@ -125,28 +130,42 @@ def test_local_devices_are_calibrated_and_listed(default_server: RunningServer) 
     assert devices["flops"].speed == 1.0
 
 
-def test_a_pick_measured_over_the_budget_is_replaced_by_a_cheaper_one(default_server: RunningServer) -> None:
-    """With the speed wrongly calibrated at half the real one (this machine's speed, whatever it is), the first
-    pick targets about twice what fits and runs over the budget; verification measures that and steps down to
-    cheaper picks."""
+def _ask(port: int, budgets: list[float], **fields: object) -> list[pb.GenerateForBudgetResponse]:
+    with channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+        return [stub.GenerateForBudget(pb.GenerateForBudgetRequest(latency_ms=b, **fields), timeout=60)
+                for b in budgets]
+
+
+def test_speed_is_applied_only_when_asked_and_reported(default_server: RunningServer) -> None:
+    (applied,) = _ask(default_server.port, [0.2])  # the server's flag makes it the default
+    (plain,) = _ask(default_server.port, [0.2], apply_speed=False)
+    speed = default_server.service.calibration.speed("cpu")  # type: ignore[union-attr]
+    assert applied.speed_applied and applied.device_speed == rounded_speed(speed.value)  # type: ignore[union-attr]
+    assert not plain.speed_applied and plain.device_speed == 1.0
+    bundle = default_server.service.bundle
+    local = ServingPolicy(bundle).answer(resolve_request(bundle, latency_ms=0.2), AnswerOptions())
+    assert plain.onnx_sha256 == local.model.sha256  # without the speed: what any host answers
+
+
+def test_verification_steps_down_one_frontier_member_at_a_time(default_server: RunningServer) -> None:
+    """With the speed wrongly calibrated at half the real one, the pick targets about twice what fits and runs
+    over the budget; each step serves the next cheaper frontier member, never a jump to the cheapest child."""
     calibration = default_server.service.calibration
     assert calibration is not None
     real = calibration.speed("cpu")
     assert real is not None
     calibration._speeds["cpu"] = Speed(real.value / 2, real.measured_at, real.seconds)
     try:
-        with channel(f"127.0.0.1:{default_server.port}") as ch:
-            stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
-            unverified = stub.GenerateForBudget(pb.GenerateForBudgetRequest(latency_ms=0.25, seed=5,
-                                                                            verify_latency=False), timeout=60)
-            verified = stub.GenerateForBudget(pb.GenerateForBudgetRequest(latency_ms=0.25, seed=5,
-                                                                          verify_latency=True), timeout=60)
+        (unverified,) = _ask(default_server.port, [0.25], verify_latency=False)
+        (verified,) = _ask(default_server.port, [0.25], verify_latency=True)
     finally:
         calibration._speeds["cpu"] = real  # type: ignore[assignment]
     assert not unverified.latency_verified and unverified.measured_latency_ms == 0.0
-    # Generated for 0.25 / (real speed / 2) at the profile's speed: at the machine's real speed it is predicted
-    # to run over the budget (whether this machine is faster or slower than the profiled one).
-    assert unverified.predicted_cost * real.value > 0.25
-    assert verified.latency_verified and verified.verification_steps >= 1 and verified.timings.verify_ms > 0
+    assert unverified.predicted_cost * real.value > 0.25  # over the budget at the machine's real speed
+    assert verified.latency_verified and verified.measured_latency_ms > 0 and verified.timings.verify_ms > 0
+    assert 1 <= verified.verification_steps <= 3
+    assert verified.frontier_member == unverified.frontier_member - verified.verification_steps
     assert verified.predicted_cost < unverified.predicted_cost
-    assert verified.measured_latency_ms > 0
+
+

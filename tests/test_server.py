@@ -86,11 +86,14 @@ def test_reflection_lists_the_service(server: RunningServer) -> None:
 def test_generated_model_is_servable_and_cached(stub, tiny_bundle: Path) -> None:  # type: ignore[no-untyped-def]
     bundle = load_bundle(tiny_bundle)
     lo, hi = bundle.devices["flops"].device.cost_range
-    req = pb.GenerateForBudgetRequest(macs=(lo + 0.6 * (hi - lo)) * 1e6, seed=3)
+    # The standard form is not exported at start (the portable default is, for every frontier member).
+    req = pb.GenerateForBudgetRequest(macs=(lo + 0.6 * (hi - lo)) * 1e6, graph_form=pb.GRAPH_FORM_STANDARD)
     r = stub.GenerateForBudget(req, timeout=30)
     assert hashlib.sha256(r.onnx_model).hexdigest() == r.onnx_sha256
     assert r.macs <= req.macs and r.device == "flops" and r.cost_unit == "MMACs" and not r.cached
     assert list(r.input_shape) == [-1, 1, 28, 28] and r.timings.export_ms > 0
+    portable = stub.GenerateForBudget(pb.GenerateForBudgetRequest(macs=req.macs), timeout=30)
+    assert portable.cached and portable.timings.export_ms == 0 and portable.architecture_id == r.architecture_id
     session = ort.InferenceSession(r.onnx_model, providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.name == "images" and inp.shape[1:] == [1, 28, 28]

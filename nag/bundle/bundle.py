@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Collection, Iterator
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
+from nag.bundle.members import StoredFrontier, frontier_inputs, has_stored_frontier, read_stored_frontier
 from nag.config import PipelineConfig
 from nag.cost.store import Device, device_dir, list_devices, load_device
 from nag.errors import CheckpointError, NagError
@@ -46,6 +48,7 @@ SUPERNET_SUMMARY_FILE = "summary.json"
 CHECKPOINT_FILE = "checkpoint.pt"  # supernet training's, never part of a bundle
 SKIP = {MANIFEST_FILE, CHECKPOINT_FILE}
 BUNDLE_ENV = "NAG_BUNDLE"
+log = logging.getLogger(__name__)
 
 
 class BundleError(CheckpointError):
@@ -208,6 +211,8 @@ class DeviceModels:
     evaluator: Evaluator
     generator: Generator
     min_cost: float
+    # The materialized serving frontier (`nag.bundle.members`), when the bundle stores a current one.
+    stored: StoredFrontier | None = None
     # The table picks are chosen from (`nag.policy.frontier`), built on first use; `dataclasses.replace`
     # does not copy it, so a copy with another device builds its own.
     frontier: Any = field(default=None, init=False, repr=False, compare=False)
@@ -251,6 +256,22 @@ class Bundle:
         return dict(self.manifest["metrics"])
 
 
+def _stored_frontier(root: Path, manifest: dict[str, Any], device: str, space: SearchSpace
+                     ) -> StoredFrontier | None:
+    """The device's materialized serving frontier; None (and a warning) when the bundle has none or one built
+    from other files than it now holds (the pipeline re-materializes it)."""
+    if not has_stored_frontier(root, device):
+        return None
+    with _reading(root, f"devices/{device}/frontier.json"):
+        stored = read_stored_frontier(root, device, space)
+    if stored.inputs != frontier_inputs(device, manifest["files"]):
+        log.warning("bundle %s: the stored serving frontier of device %s was built from other files than the "
+                    "bundle holds now; it is built in memory instead (re-materialize it with `python -m "
+                    "nag.pipeline.materialize_frontier --bundle %s`)", root, device, root)
+        return None
+    return stored
+
+
 def load_bundle(root: str | Path, verify: bool = True, unsealed: Collection[str] = ()) -> Bundle:
     """Load a bundle, verifying the manifest's seal and the hash of every file it lists (unless
     `verify=False`), except files named in `unsealed` (a pipeline stage resuming its own writes after a
@@ -282,5 +303,6 @@ def load_bundle(root: str | Path, verify: bool = True, unsealed: Collection[str]
             evaluator = load_evaluator(folder / EVALUATOR_FILE)
             generator = load_generator(folder / GENERATOR_FILE, space)
             min_cost = float(device.predict([smallest(space)])[0])
-        devices[name] = DeviceModels(device, evaluator, generator, min_cost)
+        devices[name] = DeviceModels(device, evaluator, generator, min_cost, _stored_frontier(root, manifest, name,
+                                                                                              space))
     return Bundle(root, manifest, space, trained, accuracy, devices)

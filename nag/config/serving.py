@@ -32,12 +32,11 @@ SERVING_CALIBRATION_IMAGES = 128
 class ServiceConfig:
     default_candidates: int = 64
     max_concurrent: int = 8  # RPCs handled at once; more are answered RESOURCE_EXHAUSTED
-    cache_mb: float = 256.0
+    cache_mb: float = 256.0  # models beyond the warmed frontier members (other forms, ...): an LRU of this size
     calibration_images: int = SERVING_CALIBRATION_IMAGES
     # Generation and export are CPU-bound torch work: running more at once only oversubscribes the
     # cores and multiplies memory (a 32-client soak peaked at 1.3 GB RSS without this bound).
     compute_concurrency: int = 1
-    pick_cache_entries: int = 100_000
     frontier_points: int = 20
     max_frontier_points: int = 200
     # One GetFrontier call samples points x candidates architectures; this bounds its work (~2 s on the
@@ -46,14 +45,17 @@ class ServiceConfig:
     # Portable: right in OpenCV DNN 4.x/5.x and at every ONNX Runtime level, at no measured latency cost
     # (portable / standard 0.995, geometric mean of 5 children: benchmarks/results/portable_graphs.md).
     default_graph_form: GraphForm = GraphForm.PORTABLE
-    # Measure picks for local devices under the runtime contract before replying (a request can ask either
-    # way); over the budget, try up to `verification_steps` cheaper picks. On by default: on the quiet
-    # machine the uncached p50 is 117 ms with a fresh measurement per reply against 98 ms without
-    # (benchmarks/results/latency_promise.md), within the 150 ms a default must keep.
-    verify_latency: bool = True
+    # Measure picks under the device's runtime contract before replying (a request can ask either way);
+    # over the budget, step down to the next cheaper frontier member, up to `verification_steps` times.
+    # Off by default: the answer then depends on (bundle, device, budget, graph form) alone.
+    verify_latency: bool = False
     verification_steps: int = 3
     measurement_ttl_s: float = 30.0
-    calibrate_speed: bool = True
+    # Measure this host's speed against the device profiles, and target budget / speed for requests that
+    # do not say (`nag serve --calibrate-speed`). Off by default, for the same reason.
+    calibrate_speed: bool = False
+    # Export every serving-frontier member of every device in these forms before SERVING (others on first use).
+    warm_forms: tuple[GraphForm, ...] = (GraphForm.PORTABLE,)
 
     def __post_init__(self) -> None:
         problems = []

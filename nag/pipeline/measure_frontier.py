@@ -50,7 +50,7 @@ def _apply(bundle: Bundle, name: str, records: dict[str, LatencyMeasurement]) ->
     models = bundle.devices[name]
     models.device = replace(models.device, measured={k: m.corrected for k, m in records.items()})
     models.min_cost = float(models.device.predict([smallest(bundle.space)])[0])
-    models.frontier = None
+    models.frontier = models.stored = None  # rebuilt from the measurements so far
 
 
 def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_rounds: int = MAX_ROUNDS,

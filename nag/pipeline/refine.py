@@ -249,7 +249,7 @@ def _retrain(bundle: Bundle, names: list[str], triplets: list[Triplet], cfg: Pip
                                   progress)
         models.generator.eval()
         save_generator(folder / GENERATOR_FILE, models.generator, cfg.generator_config().__dict__)
-        models.evaluator, models.frontier = evaluator, None
+        models.evaluator, models.frontier, models.stored = evaluator, None, None
         last = history[-1] if history else {}
         reports[name] = {**report, "generator_final": {k: last.get(k) for k in ("mean_reward", "feasible", "entropy")}}
     return reports

@@ -5,8 +5,9 @@
 Stages, each skipped when its output is already in the bundle: supernet (trained with the same
 profile), device profiles and latency predictors, triplets (resumable), then the accuracy predictor,
 and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; then
-on-policy refinement when the profile asks for it (`nag.pipeline.refine`); finally the serving frontier
-of every device this machine can measure (`measure_frontier`), sealed again.
+on-policy refinement when the profile asks for it (`nag.pipeline.refine`); then the serving frontier
+of every device this machine can measure (`measure_frontier`); finally every device's serving frontier
+materialized with its members' BN statistics (`materialize_frontier`), sealed again.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from nag.cost.store import (
 )
 from nag.errors import NagError
 from nag.pipeline.collect_triplets import collect
+from nag.pipeline.materialize_frontier import materialize
 from nag.pipeline.measure_frontier import measurable_here, measure_frontier
 from nag.pipeline.refine import refine
 from nag.pipeline.train_supernet import train as train_supernet
@@ -72,7 +74,7 @@ log = logging.getLogger("train_generator")
 def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
     if (bundle / SUPERNET_FILE).is_file():
         return
-    log.info("stage 1/7: training the %s supernet in %s", profile, run)
+    log.info("stage 1/8: training the %s supernet in %s", profile, run)
     if train_supernet(supernet_profile(profile), run, resume=True) != 0:
         raise NagError(f"supernet training stopped before the end; continue with the same command ({run} holds "
                        "its checkpoint)")
@@ -89,7 +91,7 @@ def ensure_devices(bundle: Path, cfg: PipelineConfig, space: Any) -> None:
         kind = (profile or DeviceProfile.load(folder / PROFILE_FILE)).device_kind
         if (folder / PROFILE_FILE).is_file() and (not kind.measured or (folder / PREDICTOR_FILE).is_file()):
             continue
-        log.info("stage 2/7: profiling device %s (%d architectures)", name, cfg.profile_archs)
+        log.info("stage 2/8: profiling device %s (%d architectures)", name, cfg.profile_archs)
         profile_device(bundle, space, profile or packaged_profile(name), num_archs=cfg.profile_archs, seed=cfg.seed)
 
 
@@ -98,7 +100,7 @@ def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> bool:
     path = bundle / TRIPLETS_FILE
     if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
         return False
-    log.info("stage 3/7: collecting %d triplets", cfg.triplets)
+    log.info("stage 3/8: collecting %d triplets", cfg.triplets)
     collect(bundle, cfg.triplets, cfg.triplet_val_images, cfg.triplet_calib_images)
     return True
 
@@ -124,7 +126,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     enc = encoder.encode_archs(archs)
     acc = torch.tensor([t.val_acc for t in triplets], dtype=torch.float64)
     if collected or retrain or not (bundle / ACCURACY_FILE).is_file():
-        log.info("stage 4/7: accuracy predictor on %d triplets", len(triplets))
+        log.info("stage 4/8: accuracy predictor on %d triplets", len(triplets))
         accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
         atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
     else:  # refitted, it would differ in the last bits on another machine and break the manifest's hash
@@ -138,7 +140,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             # Costed by the device's current predictor (the triplets' stored costs may predate a re-profile).
             cost = torch.tensor(device.predict(archs), dtype=torch.float64)
             budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
-            log.info("stage 5/7: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
+            log.info("stage 5/8: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
                      len(budgets), budgets[0], budgets[-1], device.unit)
             ecfg = cfg.evaluator_config()
             evaluator, ereport = train_evaluator(enc, cost, acc, budgets, ecfg, progress)
@@ -183,13 +185,17 @@ def finish(bundle: Path, cfg: PipelineConfig, rebuilt: set[str], progress: bool 
     """The stages after the manifest: on-policy refinement (when the profile asks for it, and the
     generators were just rebuilt or never refined), then the measured serving frontiers."""
     if cfg.refine_rounds > 0 and (rebuilt or "refinement" not in read_manifest(bundle)["metrics"]):
-        log.info("stage 6/7: on-policy refinement, up to %d rounds", cfg.refine_rounds)
+        log.info("stage 6/8: on-policy refinement, up to %d rounds", cfg.refine_rounds)
         report = refine(bundle, cfg, progress)
         rebuilt = rebuilt | {r["device"] for r in report["rounds"]}
         log.info("refinement: %d rounds, %d new children, %d re-scored, %.2f M images (cap %.2f M); stopped: %s",
                  max((r["round"] for r in report["rounds"]), default=0), report["evaluations"], report["confirmed"],
                  report["images"] / 1e6, report["images_cap"] / 1e6, report["stopped"])
-    return measure_frontiers(bundle, cfg, rebuilt)
+    measure_frontiers(bundle, cfg, rebuilt)
+    written = materialize(bundle)
+    for name, members in written.items():
+        log.info("stage 8/8: device %s: %d serving frontier members stored with their BN statistics", name, members)
+    return read_manifest(bundle)
 
 
 def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> dict[str, Any]:
@@ -200,7 +206,7 @@ def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> d
         path = device_dir(bundle, name) / SERVING_MEASUREMENTS_FILE
         if not measurable_here(bundle, name) or (path.is_file() and name not in rebuilt):
             continue
-        log.info("stage 7/7: measuring the serving frontier of device %s", name)
+        log.info("stage 7/8: measuring the serving frontier of device %s", name)
         r = measure_frontier(bundle, name, fresh=name in rebuilt)
         log.info("device %s: %d front members measured (%d children, %d rounds)", name, r.members, r.measured,
                  r.rounds)

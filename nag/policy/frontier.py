@@ -44,13 +44,14 @@ import time
 from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from nag.bundle.bundle import TRIPLETS_FILE, Bundle, DeviceModels
+from nag.bundle.members import BnStats, StoredFrontier
 from nag.cost.store import Device
 from nag.pnag.accuracy import AccuracyPredictor
 from nag.pnag.evaluator import Evaluator
@@ -71,6 +72,8 @@ class FrontierEntry:
     cost: float  # predicted by the device's cost model
     expected_accuracy: float  # % on the validation split: measured, or the accuracy predictor's
     measured: bool  # True: a triplet of the bundle; False: proposed by the generator (or an end of the space)
+    # BN statistics stored with the bundle's materialized frontier (else calibrated when exported)
+    bn: BnStats | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ class ServingFrontier:
     proposed: int  # distinct proposed architectures considered (not measured)
     ladder: tuple[float, ...]  # the budgets the generator proposed for
     seconds: float  # time to build
+    materialized: bool = False  # read from the bundle's stored frontier (`nag.bundle.members`)
 
     def __post_init__(self) -> None:
         if not self.entries:
@@ -219,20 +223,35 @@ def build_frontier(generator: Generator, evaluator: Evaluator, device: Device, a
                            tuple(budgets), time.perf_counter() - started)
 
 
+def from_stored(stored: StoredFrontier) -> ServingFrontier:
+    """The serving frontier a bundle stores, with each member's BN statistics."""
+    entries = tuple(FrontierEntry(m.arch, m.cost, m.expected_accuracy, m.measured, m.bn) for m in stored.members)
+    stats = stored.stats
+    return ServingFrontier(entries, int(stats.get("measured", 0)), int(stats.get("proposed", 0)),
+                           tuple(float(b) for b in stats.get("ladder", ())), 0.0, materialized=True)
+
+
 _LOCK = threading.Lock()
 
 
+def built_frontier(bundle: Bundle, models: DeviceModels) -> ServingFrontier:
+    """The device's serving frontier built now from the bundle's triplets and the device's generator,
+    evaluator and cost model (what the pipeline materializes)."""
+    path = Path(bundle.root) / TRIPLETS_FILE
+    triplets = read_triplets(path) if path.is_file() else []
+    return build_frontier(models.generator, models.evaluator, models.device, bundle.accuracy, triplets)
+
+
 def serving_frontier(bundle: Bundle, models: DeviceModels) -> ServingFrontier:
-    """The device's serving frontier, built on first use and kept on `models` (once per loaded bundle).
-    A bundle without triplets serves from the generator's proposals alone."""
+    """The device's serving frontier: the bundle's materialized one when it stores a current one, else built
+    (`built_frontier`) on first use; kept on `models` (once per loaded bundle). A bundle without triplets
+    serves from the generator's proposals alone."""
     frontier = models.frontier
     if frontier is None:
         with _LOCK:
             frontier = models.frontier
             if frontier is None:
-                path = Path(bundle.root) / TRIPLETS_FILE
-                triplets = read_triplets(path) if path.is_file() else []
-                frontier = build_frontier(models.generator, models.evaluator, models.device, bundle.accuracy,
-                                          triplets)
+                stored = models.stored
+                frontier = from_stored(stored) if stored is not None else built_frontier(bundle, models)
                 models.frontier = frontier
     return frontier

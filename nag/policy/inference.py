@@ -15,7 +15,6 @@ latencies the pick targets the budget less a margin for the predictor's error
 from __future__ import annotations
 
 import math
-import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -189,8 +188,9 @@ def generate(bundle: Bundle, budget: float, device: str | None = None, candidate
     else the bundle's accuracy predictor), reported as `predicted_accuracy`. The pool does not depend on
     the budget, so the pick is never worse than the best measured architecture within the target, and
     its expected accuracy never falls as the budget rises. `candidates`, `seed` and `max_rounds` are
-    still validated and `seed` is reported, but the pick no longer depends on them: a pick drawn from
-    samples for one budget would not be in the pool of the next, and could get worse as the budget rises."""
+    deprecated: still validated and `seed` is reported (0 when not given), but the pick does not depend on
+    them: a pick drawn from samples for one budget would not be in the pool of the next, and could get
+    worse as the budget rises."""
     models = resolve_device(bundle, device)
     check_budget(budget, models, candidates)
     check_seed(seed)
@@ -202,13 +202,32 @@ def generate_checked(bundle: Bundle, models: DeviceModels, budget: float, candid
                      margin: float | None = None) -> Generated:
     """`generate` for a device, budget, candidate count and seed validated already (by
     `nag.policy.request.resolve_request`, or by `generate` itself)."""
+    return pick_member(bundle, models, budget, seed, margin)[0]
+
+
+@torch.no_grad()
+def pick_member(bundle: Bundle, models: DeviceModels, budget: float, seed: int | None = None,
+                margin: float | None = None) -> tuple[Generated, int]:
+    """The pick for a validated `budget` and its index on the device's serving frontier (-1: the space's
+    cheapest child, below every member). A function of (bundle, device, budget, margin) alone: `seed` is
+    only reported back (0 when not given)."""
     target = target_budget(budget, models, margin)
-    seed = secrets.randbits(31) if seed is None else int(seed)
-    space = bundle.space
     started = time.perf_counter()
-    frontier = serving_frontier(bundle, models)  # built on the device's first call, then kept
+    frontier = serving_frontier(bundle, models)  # the bundle's materialized one, or built on first use
     built = time.perf_counter()
     index = frontier.index_within(target)
+    return member_pick(bundle, models, index, budget, target, 0 if seed is None else int(seed),
+                       {"sample": built - started}), index
+
+
+@torch.no_grad()
+def member_pick(bundle: Bundle, models: DeviceModels, index: int, budget: float, target: float, seed: int = 0,
+                timings: dict[str, float] | None = None) -> Generated:
+    """The `Generated` of the device's serving-frontier member `index` (-1: the space's cheapest child)
+    answering `budget` (picked for `target`)."""
+    started = time.perf_counter()
+    space = bundle.space
+    frontier = serving_frontier(bundle, models)
     fallback = index < 0  # never while the space's cheapest child is on the frontier's pool
     if fallback:
         cheapest = smallest(space)
@@ -225,6 +244,7 @@ def generate_checked(bundle: Bundle, models: DeviceModels, budget: float, candid
         predicted_cost=entry.cost, predicted_accuracy=entry.expected_accuracy, score=float(score[0]),
         macs=count_macs(arch, space), params=count_params(arch, space),
         candidates=frontier.measured + frontier.proposed, feasible_candidates=index + 1, rounds=0,
-        fallback=fallback, seed=seed, timings={"sample": built - started, "choose": time.perf_counter() - built},
+        fallback=fallback, seed=seed,
+        timings={"sample": (timings or {}).get("sample", 0.0), "choose": time.perf_counter() - started},
         measured=entry.measured,
     )

@@ -27,6 +27,7 @@ from nag.bundle.bundle import Bundle, bundle_or_default, load_bundle
 from nag.config import ServiceConfig
 from nag.cost.device import contract_problems
 from nag.errors import NagError
+from nag.policy.answer import ServingPolicy
 from nag.policy.frontier import serving_frontier
 from nag.policy.materialize import export_child
 from nag.server.calibration import CalibrationConfig, SpeedCalibration
@@ -183,17 +184,29 @@ class RunningServer:
             self.health.set(name, status)
 
     def load(self, bundle: Bundle | None = None) -> None:
-        """Load (or take) the bundle, warm up on its biggest child, then answer SERVING."""
+        """Load (or take) the bundle, export every serving-frontier member (checking the biggest child's
+        model once), then answer SERVING."""
+        started = time.perf_counter()
         bundle = bundle or load_bundle(self.options.bundle)
         check_contracts(bundle, self.options.allow_contract_mismatch)
-        largest = _warm_up(bundle, self.options.service.calibration_images)
+        service = self.options.service
+        policy = ServingPolicy(bundle, service.calibration_images, service.verification_steps,
+                               service.measurement_ttl_s, int(service.cache_mb * 1e6))
+        for name in bundle.devices:
+            if not serving_frontier(bundle, bundle.devices[name]).materialized:
+                log.warning("bundle %s stores no current serving frontier for device %s: its members are built "
+                            "here and BN-calibrated on %d images when exported (materialize them with `python -m "
+                            "nag.pipeline.materialize_frontier --bundle %s`)", bundle.bundle_id, name,
+                            service.calibration_images, bundle.root)
+        exported = policy.warm(service.warm_forms)
+        largest = max(policy.largest_model, _check_biggest(bundle, service.calibration_images))
         if largest > CLIENT_DEFAULT_RECEIVE:
             log.warning("the largest child's ONNX model is %.1f MB: clients need grpc.max_receive_message_length "
                         "above gRPC's 4 MB default", largest / 1e6)
         if largest > self.max_message:
             raise NagError(f"the largest child ({largest / 1e6:.1f} MB) exceeds the server's message limit")
         calibration = None
-        if self.options.service.calibrate_speed:
+        if service.calibrate_speed:
             calibration = SpeedCalibration(bundle, self.options.calibration,
                                            lambda device, speed: self.metrics.speed.labels(device).set(speed.value))
             calibration.calibrate_all()  # before SERVING: the first requests already use this machine's speed
@@ -201,12 +214,14 @@ class RunningServer:
                 target=calibration.run_when_idle, name="nag-calibration",
                 args=(self._stop_calibrating, self.service.is_idle, self.service.holding_compute), daemon=True)
             self._calibrating.start()
-        self.service.attach(bundle, calibration)
+        self.service.attach(bundle, calibration, policy)
         self.metrics.info.info({"version": installed_version(), "bundle_id": bundle.bundle_id,
                                 "bundle": str(bundle.root)})
+        self.metrics.cache_bytes.set(policy.exported_bytes)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
-        log.info("bundle %s loaded, devices %s; largest model %.2f MB; SERVING", bundle.bundle_id,
-                 sorted(bundle.devices), largest / 1e6)
+        log.info("bundle %s loaded, devices %s; %d frontier models exported (%.1f MB), largest %.2f MB; SERVING "
+                 "%.1f s after loading began", bundle.bundle_id, sorted(bundle.devices), exported,
+                 policy.exported_bytes / 1e6, largest / 1e6, time.perf_counter() - started)
 
     def stop(self, grace: float | None = None, drain: float | None = None) -> None:
         """Drain: new calls get UNAVAILABLE "shutting down" and health NOT_SERVING while in-flight calls
@@ -236,11 +251,9 @@ def check_contracts(bundle: Bundle, allow_mismatch: bool = False) -> None:
             log.warning("serving despite a contract mismatch (--allow-contract-mismatch): %s", error)
 
 
-def _warm_up(bundle: Bundle, calibration_images: int) -> int:
-    """Build each device's serving frontier and the biggest child once (warms torch and ONNX paths);
-    return the biggest child's ONNX size in bytes."""
-    for models in bundle.devices.values():
-        serving_frontier(bundle, models)  # what picks are chosen from: built once, before SERVING
+def _check_biggest(bundle: Bundle, calibration_images: int) -> int:
+    """Export the space's biggest child once and check its model (warms torch and ONNX paths); return its
+    ONNX size in bytes, the largest any answer can be."""
     exported = export_child(bundle, biggest(bundle.space), calibration_images, check=True)
     return len(exported.onnx)
 
@@ -266,7 +279,8 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=defaults.workers, help="gRPC worker threads")
     p.add_argument("--max-concurrent", type=int, default=service.max_concurrent,
                    help="RPCs at once; more get RESOURCE_EXHAUSTED")
-    p.add_argument("--cache-mb", type=float, default=service.cache_mb, help="LRU cache of exported models, in MB")
+    p.add_argument("--cache-mb", type=float, default=service.cache_mb,
+                   help="LRU cache, in MB, of models beyond the serving-frontier members exported at start")
     p.add_argument("--candidates", type=int, default=service.default_candidates,
                    help="default candidates per request")
     p.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key) to serve TLS")
@@ -278,12 +292,16 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grace", type=float, default=defaults.grace_seconds,
                    help="seconds in-flight calls get on SIGTERM")
     p.add_argument("--verify-latency", action=argparse.BooleanOptionalAction, default=service.verify_latency,
-                   help="measure picks for local devices under their runtime contract before replying, stepping "
-                        "down when over the budget, unless a request says not to")
+                   help="measure picks under their device's runtime contract before replying (devices this server "
+                        "can measure), stepping down to the next cheaper frontier member when over the budget, "
+                        "unless a request says not to (default: off, so answers depend on the bundle alone)")
     p.add_argument("--measurement-ttl", type=float, default=service.measurement_ttl_s,
                    help="seconds a verified pick's measured latency is reused (0: measure every reply)")
-    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
-                   help="do not measure this machine's speed against the device profiles (speed stays 1)")
+    p.add_argument("--calibrate-speed", dest="calibrate", action=argparse.BooleanOptionalAction,
+                   default=service.calibrate_speed,
+                   help="measure this machine's speed against the profiles of the devices it runs, and target "
+                        "budget / speed for requests that do not say (reported in the reply; default: off)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false", help=argparse.SUPPRESS)
     p.add_argument("--allow-contract-mismatch", action="store_true",
                    help="serve devices measured under another runtime (e.g. another ONNX Runtime version); "
                         "their latency budgets may not hold")

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TypeVar
 
 import grpc
@@ -18,6 +17,7 @@ from nag.bundle.bundle import Bundle
 from nag.config import ServiceConfig
 from nag.cost.device import DeviceError
 from nag.export import GraphForm
+from nag.policy.answer import AnswerOptions, ServingPolicy, UnavailableOptionError
 from nag.policy.inference import (
     BudgetOutOfRangeError,
     Generated,
@@ -27,9 +27,7 @@ from nag.policy.inference import (
     generate_checked,
     resolve_device,
 )
-from nag.policy.materialize import ExportedModel, export_child
-from nag.policy.request import BudgetRequest, resolve_request
-from nag.server.cache import ByteLRU
+from nag.policy.request import resolve_request
 from nag.server.calibration import Speed, SpeedCalibration, is_local
 from nag.server.metrics import ServerMetrics
 from nag.server.slots import FifoSlots, SlotTimeout
@@ -45,9 +43,6 @@ GRAPH_FORMS = {pb.GRAPH_FORM_STANDARD: GraphForm.STANDARD, pb.GRAPH_FORM_PORTABL
 GRAPH_FORM_MESSAGES = {form: message for message, form in GRAPH_FORMS.items()}
 # The proto's enum per device kind; a kind without a value of its own is listed as DEVICE_KIND_UNSPECIFIED.
 DEVICE_KINDS = {"onnxruntime": pb.DEVICE_KIND_ONNXRUNTIME, "flops": pb.DEVICE_KIND_FLOPS}
-SPEED_STEP = 0.05
-# A pick measured over the budget is replaced by one predicted this much below the measured overshoot.
-STEP_DOWN_MARGIN = 0.03
 SERVICE = pb.DESCRIPTOR.services_by_name["ArchitectureGeneratorService"]
 MAX_MESSAGE_CHARS = 1000  # status details travel in HTTP/2 headers: keep them far below gRPC's 8 KB limit
 
@@ -93,6 +88,7 @@ _USER_ERRORS: dict[type[Exception], grpc.StatusCode] = {
     InvalidBudgetError: grpc.StatusCode.INVALID_ARGUMENT,
     DeviceError: grpc.StatusCode.NOT_FOUND,
     BudgetOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
+    UnavailableOptionError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 
@@ -103,50 +99,45 @@ class RpcError(Exception):
         self.message = message
 
 
+def _fields_of(message: type, raw: dict[str, object]) -> dict[str, object]:
+    names = message.DESCRIPTOR.fields_by_name
+    return {k: v for k, v in raw.items() if k in names}
+
+
 def _architecture_message(g: Generated) -> pb.Architecture:
-    # The message's fields are the architecture's JSON fields (the space's declared dimensions).
+    """The architecture's JSON fields that the message declares; a dimension registered after the proto
+    was written travels in `architecture_json` alone, so adding one needs no proto change."""
     raw = g.arch.to_dict()
-    return pb.Architecture(**{**raw, "stages": [pb.Stage(**s) for s in raw["stages"]]})
+    return pb.Architecture(**{**_fields_of(pb.Architecture, raw),
+                              "stages": [pb.Stage(**_fields_of(pb.Stage, s)) for s in raw["stages"]]})
 
 
 class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
     def __init__(self, config: ServiceConfig, metrics: ServerMetrics):
         self.config = config
         self.metrics = metrics
-        self.cache: ByteLRU[ExportedModel] = ByteLRU(int(config.cache_mb * 1e6))
-        # A seeded request is deterministic, so its generated architecture is cached too (by request).
-        self.picks: ByteLRU[Generated] = ByteLRU(config.pick_cache_entries)
         self._slots = threading.BoundedSemaphore(config.max_concurrent)
         self._compute = FifoSlots(config.compute_concurrency)
         self.draining = threading.Event()
         self._bundle: Bundle | None = None
-        self.input_shape: list[int] = []
+        self._policy: ServingPolicy | None = None
         self._active = 0
         self._idle = threading.Condition()
-        self.measured: ByteLRU[tuple[float, float]] = ByteLRU(4096)  # latency, when measured
-        self.local_devices: set[str] = set()
-        self.contracts: dict[str, str] = {}
         self.calibration: SpeedCalibration | None = None
 
-    def attach(self, bundle: Bundle, calibration: SpeedCalibration | None = None) -> None:
+    def attach(self, bundle: Bundle, calibration: SpeedCalibration | None = None,
+               policy: ServingPolicy | None = None) -> None:
         """Start answering with `bundle` (until then every RPC gets UNAVAILABLE)."""
-        space = bundle.space
-        self.input_shape = [-1, space.input.channels, space.input.size, space.input.size]
-        self.local_devices = {name for name, m in bundle.devices.items() if is_local(m.device.profile)}
-        # Each device's runtime contract as served (reply and model metadata): built once, not per request.
-        self.contracts = {name: json.dumps(m.device.profile.contract(), sort_keys=True)
-                          for name, m in bundle.devices.items()}
+        self._policy = policy or ServingPolicy(bundle, self.config.calibration_images, self.config.verification_steps,
+                                               self.config.measurement_ttl_s, int(self.config.cache_mb * 1e6))
         self.calibration = calibration
         self._bundle = bundle
 
-    def speed(self, device: str) -> float:
-        """The speed picks for `device` use: the calibrated one rounded up to a step of `SPEED_STEP` (1.0 when
-        not calibrated). Rounding keeps seeded picks reproducible across calibrations that differ by noise
-        (a few percent), and rounding up errs on the side of the budget."""
-        measured = self._speed_record(device)
-        if measured is None:
-            return 1.0
-        return max(SPEED_STEP, math.ceil(measured.value / SPEED_STEP - 1e-9) * SPEED_STEP)
+    @property
+    def policy(self) -> ServingPolicy:
+        if self._policy is None:
+            raise RpcError(grpc.StatusCode.UNAVAILABLE, "the server is still loading its bundle; retry shortly")
+        return self._policy
 
     def _speed_record(self, device: str) -> Speed | None:
         return self.calibration.speed(device) if self.calibration is not None else None
@@ -198,7 +189,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             yield
         except RpcError as exc:
             code, message = exc.code, exc.message
-        except (InvalidBudgetError, DeviceError, BudgetOutOfRangeError) as exc:
+        except tuple(_USER_ERRORS) as exc:
             code = next(c for kind, c in _USER_ERRORS.items() if isinstance(exc, kind))
             message = str(exc)
         except Exception as exc:  # anything else is our bug: log it, answer INTERNAL, keep serving
@@ -243,56 +234,11 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             return self._generate(request, context)
         raise AssertionError("unreachable")  # context.abort raised after _rpc
 
-    def _pick(self, req: BudgetRequest, budget: float, context: grpc.ServicerContext) -> tuple[Generated, bool]:
-        """The generator's pick for `budget` (the pick cache serves seeded requests); True if it was generated."""
-        key = f"{req.device}|{budget!r}|{req.candidates}|{req.seed}"
-        g = self.picks.get(key) if req.seed is not None else None
-        if g is not None:
-            return g, False
-        with self._computing(context, "generation"):
-            g = generate_checked(self.bundle, req.models, budget, req.candidates, req.seed)
-        self._observe("sample", g.timings["sample"])
-        self._observe("choose", g.timings["choose"])
-        if req.seed is not None:
-            self.picks.put(key, g, 1)
-        return g, True
-
-    def _export(self, g: Generated, form: GraphForm, contract: str, context: grpc.ServicerContext
-                ) -> tuple[ExportedModel, bool]:
-        """The pick's ONNX model in `form` (from the model cache when there); True if it came from the cache."""
-        cache_key = f"{g.device}|{form.value}|{g.arch.arch_id}"
-        exported = self.cache.get(cache_key)
-        if exported is not None:
-            self.metrics.cache_hits.inc()
-            return exported, True
-        self.metrics.cache_misses.inc()
-        with self._computing(context, "export"):
-            exported = self.cache.get(cache_key) or export_child(
-                self.bundle, g.arch, self.config.calibration_images, form=form,
-                metadata={"nag.device": g.device, "nag.runtime_contract": contract})
-        for stage, seconds in exported.timings.items():
-            self._observe(stage, seconds)
-        self.cache.put(cache_key, exported, len(exported.onnx))
-        self.metrics.cache_bytes.set(self.cache.bytes)
-        return exported, False
-
-    def _measure(self, exported: ExportedModel, req: BudgetRequest, context: grpc.ServicerContext) -> float:
-        """The model's median latency under the device's contract, measured now (reused for a few seconds)."""
-        key = f"{req.device}|{exported.sha256}"
-        recent = self.measured.get(key)
-        if recent is not None and time.monotonic() - recent[1] < self.config.measurement_ttl_s:
-            return recent[0]
-        with self._computing(context, "latency verification"):
-            started = time.perf_counter()
-            profile = req.models.device.profile
-            latency = profile.device_kind.measure_model(exported.onnx, profile, self.input_shape)
-        self._observe("verify", time.perf_counter() - started)
-        self.measured.put(key, (latency, time.monotonic()), 1)
-        return latency
+    def _hold(self, context: grpc.ServicerContext) -> Callable[[str], AbstractContextManager[None]]:
+        return lambda stage: self._computing(context, stage)
 
     def _generate(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext
                   ) -> pb.GenerateForBudgetResponse:
-        started = time.perf_counter()
         which = request.WhichOneof("budget")
         if which is None:
             raise InvalidBudgetError("the request has no budget: set latency_ms or macs")
@@ -301,51 +247,43 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             macs=request.macs if which == "macs" else None, device=request.device or None,
             candidates=request.candidates, seed=request.seed if request.HasField("seed") else None,
             default_candidates=self.config.default_candidates)
-        form = GRAPH_FORMS.get(request.graph_form, self.config.default_graph_form)
-        contract = self.contracts[req.device]
-        local = req.device in self.local_devices
-        speed = self.speed(req.device)
-        verify = local and (request.verify_latency if request.HasField("verify_latency")
-                            else self.config.verify_latency)
-        # The predictor speaks the profile's speed: a machine `speed` times slower now needs `budget / speed`.
-        budget = max(req.budget / speed, req.models.min_cost)
-        timings = {"sample": 0.0, "choose": 0.0, "slice": 0.0, "calibrate": 0.0, "export": 0.0, "verify": 0.0}
-        measured, steps, cached = 0.0, 0, False
-        while True:
-            g, generated = self._pick(req, budget, context)
-            if generated:
-                timings["sample"] += g.timings["sample"]
-                timings["choose"] += g.timings["choose"]
-            exported, cached = self._export(g, form, contract, context)
-            if not cached:
-                for stage, seconds in exported.timings.items():
-                    timings[stage] += seconds
-            if not verify:
-                break
-            t = time.perf_counter()
-            measured = self._measure(exported, req, context)
-            timings["verify"] += time.perf_counter() - t
-            over = measured > req.budget
-            self.metrics.verified.labels(req.device, "over" if over else "within").inc()
-            # Over the budget: ask for a pick whose predicted cost is lower by the measured overshoot.
-            lower = g.predicted_cost * (req.budget / measured) * (1.0 - STEP_DOWN_MARGIN) if over else 0.0
-            if not over or steps >= self.config.verification_steps or lower < req.models.min_cost:
-                break
-            budget, steps = lower, steps + 1
+        policy = self.policy
+        speed = self._speed_record(req.device)
+        options = AnswerOptions(
+            form=GRAPH_FORMS.get(request.graph_form, self.config.default_graph_form),
+            # The server's defaults apply where they can; a request that asks is refused where they cannot.
+            verify=request.verify_latency if request.HasField("verify_latency")
+            else self.config.verify_latency and policy.can_verify(req.device),
+            use_speed=request.apply_speed if request.HasField("apply_speed")
+            else self.config.calibrate_speed and speed is not None)
+        verified = self.metrics.verified
+        answer = policy.answer(req, options, speed.value if speed else None, self._hold(context),
+                               lambda over: verified.labels(req.device, "over" if over else "within").inc())
+        for stage in ("sample", "choose", "slice", "calibrate", "export", "verify"):
+            if answer.timings[stage]:
+                self._observe(stage, answer.timings[stage])
+        (self.metrics.cache_hits if answer.cached else self.metrics.cache_misses).inc()
+        self.metrics.cache_bytes.set(policy.exported_bytes)
+        g, exported, t = answer.generated, answer.model, answer.timings
         self.metrics.model_bytes.inc(len(exported.onnx))
+        deprecated = [name for name, given in (("candidates", request.candidates != 0),
+                                               ("seed", request.HasField("seed"))) if given]
         return pb.GenerateForBudgetResponse(
             onnx_model=exported.onnx, onnx_sha256=exported.sha256, architecture=_architecture_message(g),
-            architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=self.input_shape,
+            architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=policy.input_shape,
             device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost, target_budget=g.target,
             predicted_latency_ms=g.predicted_cost if g.unit == "ms" else 0.0,
             predicted_accuracy=g.predicted_accuracy, macs=g.macs, params=g.params,
-            timings=pb.StageTimings(sample_ms=1e3 * timings["sample"], choose_ms=1e3 * timings["choose"],
-                                    slice_ms=1e3 * timings["slice"], calibrate_ms=1e3 * timings["calibrate"],
-                                    export_ms=1e3 * timings["export"], verify_ms=1e3 * timings["verify"],
-                                    total_ms=1e3 * (time.perf_counter() - started)),
-            cached=cached, bundle_id=self.bundle.bundle_id, seed=g.seed, class_names=self.bundle.classes or [],
-            runtime_contract_json=contract, graph_form=GRAPH_FORM_MESSAGES[form], measured_latency_ms=measured,
-            latency_verified=verify, device_speed=speed, verification_steps=steps,
+            timings=pb.StageTimings(sample_ms=1e3 * t["sample"], choose_ms=1e3 * t["choose"],
+                                    slice_ms=1e3 * t["slice"], calibrate_ms=1e3 * t["calibrate"],
+                                    export_ms=1e3 * t["export"], verify_ms=1e3 * t["verify"],
+                                    total_ms=1e3 * t["total"]),
+            cached=answer.cached, bundle_id=self.bundle.bundle_id, seed=g.seed, class_names=self.bundle.classes or [],
+            runtime_contract_json=answer.contract_json, graph_form=GRAPH_FORM_MESSAGES[options.form],
+            measured_latency_ms=answer.measured_latency, latency_verified=answer.verified,
+            device_speed=answer.speed, speed_applied=answer.speed_applied, verification_steps=answer.steps,
+            frontier_member=answer.member, model_kind=exported.metadata.get("nag.model_kind", ""),
+            bn_statistics=exported.metadata.get("nag.bn_statistics", ""), deprecated_fields=deprecated,
         )
 
     def ListDevices(self, request: pb.ListDevicesRequest, context: grpc.ServicerContext) -> pb.ListDevicesResponse:
@@ -364,7 +302,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
                     model_format=contract.get("model_format", ""),
                     runtime_contract_json=json.dumps(contract, sort_keys=True),
                     speed=measured.value if (measured := self._speed_record(name)) else 1.0,
-                    local=name in self.local_devices,
+                    local=is_local(p),
                     speed_measured_unix=measured.measured_at if measured else 0.0,
                 ))
             return pb.ListDevicesResponse(devices=devices, default_device=self.bundle.default_device,

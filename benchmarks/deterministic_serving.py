@@ -1,0 +1,149 @@
+"""Answers as a property of the bundle: the same budgets asked of real `nag serve` processes under changing
+conditions, and the latency of budgets never asked before.
+
+    python -m benchmarks.deterministic_serving [--bundle bundles/default] [--later-s 70]
+
+Per device, 24 budgets (16 in the cheapest third of its range, where the front is dense) are asked of a
+server with its defaults: idle; `--later-s` seconds later; with 4 busy processes on the cores; after a
+restart; and of a second replica. Each condition's model bytes are compared with the idle ones. Then, from
+one client, 100 budgets nobody asked before (p50, p99), and 32 clients at once, each with budgets of its own
+(p99). Writes benchmarks/results/deterministic_serving.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from benchmarks.results_io import machine, write_results
+from nag.bundle.bundle import load_bundle
+from nag.client import channel, wait_until_serving
+from nag.policy.frontier import serving_frontier
+from nag.v1 import generator_pb2 as pb
+from nag.v1 import generator_pb2_grpc as pb_grpc
+
+BUSY = "import time\nend = time.time() + 900\nwhile time.time() < end:\n    pass\n"
+
+
+def budgets_over(lo: float, hi: float, cheap: int = 16, rest: int = 8) -> list[float]:
+    third = lo + (hi - lo) / 3
+    return [float(b) for b in np.geomspace(lo * 1.001, third, cheap)] + \
+        [float(b) for b in np.linspace(third, hi, rest + 1)[1:]]
+
+
+class Server:
+    def __init__(self, bundle: str):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        started = time.perf_counter()
+        self.proc = subprocess.Popen([sys.executable, "-m", "nag.cli", "serve", "--bundle", bundle, "--port",
+                                      str(self.port), "--metrics-port", "-1"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        with channel(f"127.0.0.1:{self.port}") as ch:
+            wait_until_serving(ch, 300, alive=lambda: self.proc.poll() is None)
+        self.ready_s = time.perf_counter() - started
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def ask(port: int, requests: list[pb.GenerateForBudgetRequest]) -> list[tuple[str, float]]:
+    """(sha256, seconds) per request, in order."""
+    out = []
+    with channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+        for r in requests:
+            t = time.perf_counter()
+            reply = stub.GenerateForBudget(r, timeout=120)
+            out.append((reply.onnx_sha256, time.perf_counter() - t))
+    return out
+
+
+def requests_for(device: str, unit: str, budgets: list[float]) -> list[pb.GenerateForBudgetRequest]:
+    if unit == "MMACs":
+        return [pb.GenerateForBudgetRequest(device=device, macs=b * 1e6) for b in budgets]
+    return [pb.GenerateForBudgetRequest(device=device, latency_ms=b) for b in budgets]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--later-s", type=float, default=70.0)
+    p.add_argument("--name", default="deterministic_serving")
+    args = p.parse_args(argv)
+    bundle = load_bundle(args.bundle)
+    asked: dict[str, list[pb.GenerateForBudgetRequest]] = {}
+    fresh: list[pb.GenerateForBudgetRequest] = []
+    for name, models in sorted(bundle.devices.items()):
+        lo, hi = models.min_cost, serving_frontier(bundle, models).best.cost
+        asked[name] = requests_for(name, models.device.unit, budgets_over(lo, hi))
+        if name == bundle.default_device:  # never asked before: off the 24-budget grid
+            fresh = requests_for(name, models.device.unit, [float(b) for b in np.linspace(lo * 1.0005, hi * 1.2,
+                                                                                         100 + 32 * 10)])
+    server = Server(args.bundle)
+    ready = [server.ready_s]
+    idle = {d: [s for s, _ in ask(server.port, r)] for d, r in asked.items()}
+    changed: dict[str, dict[str, int]] = {d: {} for d in asked}
+
+    def compare(condition: str, port: int) -> None:
+        for d, r in asked.items():
+            now = [s for s, _ in ask(port, r)]
+            changed[d][condition] = sum(a != b for a, b in zip(idle[d], now, strict=True))
+        print(f"{condition}: changed " + ", ".join(f"{d} {changed[d][condition]}/24" for d in asked), flush=True)
+
+    print(f"SERVING after {server.ready_s:.1f} s; asking again in {args.later_s:.0f} s", flush=True)
+    time.sleep(args.later_s)
+    compare(f"{args.later_s:.0f} s later", server.port)
+    busy = [subprocess.Popen([sys.executable, "-c", BUSY]) for _ in range(4)]
+    try:
+        compare("4 busy processes", server.port)
+    finally:
+        for proc in busy:
+            proc.kill()
+            proc.wait()
+    replica = Server(args.bundle)
+    ready.append(replica.ready_s)
+    compare("another replica", replica.port)
+    replica.stop()
+    server.stop()
+    server = Server(args.bundle)
+    ready.append(server.ready_s)
+    compare("after a restart", server.port)
+    one = [t for _, t in ask(server.port, fresh[:100])]
+    chunks = [fresh[100 + 10 * i: 110 + 10 * i] for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        many = [t for times in pool.map(lambda c: ask(server.port, c), chunks) for _, t in times]
+    server.stop()
+    latency = {"one_client_p50_ms": 1e3 * float(np.percentile(one, 50)),
+               "one_client_p99_ms": 1e3 * float(np.percentile(one, 99)),
+               "clients32_p50_ms": 1e3 * float(np.percentile(many, 50)),
+               "clients32_p99_ms": 1e3 * float(np.percentile(many, 99))}
+    result = {"bundle_id": bundle.bundle_id, "budgets": {d: 24 for d in asked}, "changed": changed,
+              "ready_s": ready, "fresh_budgets": {"one_client": 100, "clients32": 320}, "latency": latency,
+              "machine": machine()}
+    conditions = list(next(iter(changed.values())))
+    lines = [f"# Deterministic serving (bundle `{bundle.bundle_id}`)", "",
+             "Model bytes that changed against the idle answers, of 24 budgets per device (16 in the cheapest "
+             "third of its range):", "", "| device | " + " | ".join(conditions) + " |",
+             "|---|" + "---|" * len(conditions)]
+    lines += [f"| `{d}` | " + " | ".join(f"{c[k]}/24" for k in conditions) + " |" for d, c in changed.items()]
+    lines += ["", f"Start to SERVING (2 cores): {', '.join(f'{s:.1f} s' for s in ready)}.", "",
+              "Budgets never asked before, after SERVING: one client, 100 budgets: p50 "
+              f"{latency['one_client_p50_ms']:.1f} ms, p99 {latency['one_client_p99_ms']:.1f} ms; 32 clients at "
+              f"once, 10 budgets each: p50 {latency['clients32_p50_ms']:.1f} ms, p99 "
+              f"{latency['clients32_p99_ms']:.1f} ms."]
+    write_results(args.name, result, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
