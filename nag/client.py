@@ -131,6 +131,8 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
     req = pb.GenerateForBudgetRequest(device=args.device or "", candidates=args.candidates or 0)
     if args.macs is not None:
         req.macs = args.macs
+    elif args.budget is not None:
+        req.cost = args.budget
     else:
         req.latency_ms = args.budget_ms
     if args.seed is not None:
@@ -157,7 +159,7 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
 
     started = time.perf_counter()
     bundle = load_bundle(bundle_or_default(args.bundle))
-    req = resolve_request(bundle, latency_ms=args.budget_ms, macs=args.macs, device=args.device,
+    req = resolve_request(bundle, latency_ms=args.budget_ms, macs=args.macs, cost=args.budget, device=args.device,
                           candidates=args.candidates or 0, seed=args.seed)
     answer = ServingPolicy(bundle).answer(req, AnswerOptions())
     g, exported = answer.generated, answer.model
@@ -168,8 +170,8 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
 
 
 def run(args: argparse.Namespace) -> int:
-    if (args.budget_ms is None) == (args.macs is None):
-        print("error: give exactly one of --budget-ms and --macs", file=sys.stderr)
+    if sum(b is not None for b in (args.budget_ms, args.macs, args.budget)) != 1:
+        print("error: give exactly one of --budget-ms, --macs and --budget", file=sys.stderr)
         return 2
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         print(f"error: --seed must lie in [0, 2**64 - 1], got {args.seed}", file=sys.stderr)
@@ -201,6 +203,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     budget = p.add_argument_group("budget (one of)")
     budget.add_argument("--budget-ms", type=float, help="latency budget in ms on the device")
     budget.add_argument("--macs", type=float, help="MACs budget (the flops pseudo-device)")
+    budget.add_argument("--budget", type=float, help="a budget in the device's own cost unit (any device)")
     p.add_argument("--device", help="device name (default: the server's default device)")
     p.add_argument("--candidates", type=int, help="deprecated: no effect (picks come from the serving frontier)")
     p.add_argument("--seed", type=int, help="deprecated: no effect (the same budget always gives the same model)")

@@ -124,3 +124,14 @@ def test_a_speed_asked_of_a_server_that_does_not_calibrate_is_refused(server: Ru
     with pytest.raises(grpc.RpcError) as info:
         _ask(server.port, [0.2], apply_speed=True)
     assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--calibrate-speed" in info.value.details()
+
+
+def test_a_budget_in_the_devices_own_unit_is_the_same_request(server: RunningServer) -> None:
+    """`cost` takes a budget in any device's unit (a device kind with a new unit needs no proto change)."""
+    with channel(f"127.0.0.1:{server.port}") as ch:
+        stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+        for own, classic in ((pb.GenerateForBudgetRequest(cost=0.2), pb.GenerateForBudgetRequest(latency_ms=0.2)),
+                             (pb.GenerateForBudgetRequest(device="flops", cost=5.0),
+                              pb.GenerateForBudgetRequest(macs=5e6))):
+            a, b = stub.GenerateForBudget(own, timeout=60), stub.GenerateForBudget(classic, timeout=60)
+            assert a.onnx_sha256 == b.onnx_sha256 and a.device == b.device

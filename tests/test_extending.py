@@ -206,3 +206,14 @@ def test_a_space_that_does_not_search_a_dimension_takes_only_its_default(registe
         SearchSpace.from_dict(bad)
     with pytest.raises(ValueError, match="taken already"):
         register_dimension(replace(SQUEEZE, name="squeeze2"))
+
+
+def test_a_registered_dimension_is_served_without_a_proto_change(registered: None) -> None:
+    from nag.server.service import architecture_message
+
+    space = _extended(load_space())
+    arch = _with(sample_uniform(space, random.Random(3)), space, squeeze=0, activation=2)
+    message = architecture_message(arch)  # the typed message: the fields the proto declares
+    assert message.resolution == arch.resolution and [s.depth for s in message.stages] == [s.depth for s in arch.stages]
+    assert Architecture.from_json(arch.to_json(), space) == arch  # architecture_json: every dimension
+    assert any(s["activation"] == 2 for s in json.loads(arch.to_json())["stages"])

@@ -31,7 +31,9 @@ SERVING_CALIBRATION_IMAGES = 128
 @dataclass(frozen=True)
 class ServiceConfig:
     default_candidates: int = 64
-    max_concurrent: int = 8  # RPCs handled at once; more are answered RESOURCE_EXHAUSTED
+    # RPCs handled at once; more are answered RESOURCE_EXHAUSTED. An answer from the exported frontier is a
+    # lookup (about a millisecond), so only the worker threads (`nag serve --workers`) bound it by default.
+    max_concurrent: int = 32
     cache_mb: float = 256.0  # models beyond the warmed frontier members (other forms, ...): an LRU of this size
     calibration_images: int = SERVING_CALIBRATION_IMAGES
     # Generation and export are CPU-bound torch work: running more at once only oversubscribes the

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nag.bundle.bundle import Bundle, DeviceModels
 from nag.config import SERVING_CALIBRATION_IMAGES
@@ -28,7 +28,7 @@ from nag.errors import NagError
 from nag.export import GraphForm
 from nag.policy.cache import ByteLRU
 from nag.policy.frontier import serving_frontier
-from nag.policy.inference import Generated, member_pick, pick_member
+from nag.policy.inference import Generated, member_pick, target_budget
 from nag.policy.materialize import ExportedModel, export_child
 from nag.policy.request import BudgetRequest
 
@@ -102,6 +102,7 @@ class ServingPolicy:
         self._pinned: dict[str, ExportedModel] = {}
         self._cache: ByteLRU[ExportedModel] = ByteLRU(cache_bytes)
         self._measured: dict[tuple[str, str], tuple[float, float]] = {}  # (device, sha256) -> (ms, when)
+        self._members: dict[tuple[str, int], Generated] = {}  # the request-independent part of a pick
         self._lock = threading.Lock()
 
     def _local_measure(self, models: DeviceModels) -> Measure:
@@ -157,10 +158,21 @@ class ServingPolicy:
             models = self.bundle.devices[name]
             frontier = serving_frontier(self.bundle, models)
             for index, entry in enumerate(frontier.entries):
-                g = member_pick(self.bundle, models, index, entry.cost, entry.cost)
+                g = self.pick(models, index, entry.cost, entry.cost, 0)
                 for form in forms:
                     count += not self.model(g, index, form, pin=True)[1]
         return count
+
+    def pick(self, models: DeviceModels, member: int, budget: float, target: float, seed: int) -> Generated:
+        """Frontier member `member`'s pick for `budget` (made for `target`): a lookup once the member has
+        been picked before. Not scored by the evaluator (`score` is NaN): serving needs no score."""
+        key = (models.name, member)
+        base = self._members.get(key)
+        if base is None:
+            base = replace(member_pick(self.bundle, models, member, budget, target), score=math.nan, timings={})
+            with self._lock:
+                self._members[key] = base
+        return replace(base, budget=float(budget), target=target, seed=seed)
 
     @property
     def exported_bytes(self) -> int:
@@ -202,10 +214,13 @@ class ServingPolicy:
         applied = rounded_speed(speed) if options.use_speed and speed is not None else 1.0
         # The predictor speaks the profile's speed: a host `applied` times slower needs `budget / applied`.
         budget = max(req.budget / applied, req.models.min_cost)
-        with hold("generation"):
-            g, member = pick_member(self.bundle, req.models, budget, req.seed)
-        timings = {"sample": g.timings["sample"], "choose": g.timings["choose"], "slice": 0.0, "calibrate": 0.0,
-                   "export": 0.0, "verify": 0.0}
+        target = target_budget(budget, req.models)
+        member = serving_frontier(self.bundle, req.models).index_within(target)
+        seed = 0 if req.seed is None else int(req.seed)
+        g = self.pick(req.models, member, budget, target, seed)
+        chosen = time.perf_counter()
+        timings = {"sample": 0.0, "choose": chosen - started, "slice": 0.0, "calibrate": 0.0, "export": 0.0,
+                   "verify": 0.0}
         measured, steps = 0.0, 0
         while True:
             exported, cached = self.model(g, member, options.form, hold)
@@ -223,7 +238,7 @@ class ServingPolicy:
             if not over or steps >= self.verification_steps or member <= 0:
                 break
             member, steps = member - 1, steps + 1
-            g = member_pick(self.bundle, req.models, member, g.budget, g.target, g.seed)
+            g = self.pick(req.models, member, g.budget, g.target, g.seed)
         timings["total"] = time.perf_counter() - started
         return Answer(g, exported, member, applied, options.use_speed, options.verify, measured, steps, cached,
                       self.contracts[device], timings)

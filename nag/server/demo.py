@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", default="bundles/default")
     p.add_argument("--device", help="device (default: the bundle's default device)")
-    p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -62,26 +61,26 @@ def main(argv: list[str] | None = None) -> int:
             images, labels = test.as_float().numpy(), test.labels.numpy()
             rows = []
             for budget in budgets:
-                req = pb.GenerateForBudgetRequest(device=name, seed=args.seed)
-                if device.cost_unit == "ms":
-                    req.latency_ms = budget
-                else:
-                    req.macs = budget * 1e6
+                # Measured here too where this server runs the device's models (a pick over the budget then
+                # steps down to the next cheaper member of the device's serving frontier).
+                req = pb.GenerateForBudgetRequest(device=name, cost=budget, verify_latency=device.local)
                 r = stub.GenerateForBudget(req, timeout=60)
                 assert hashlib.sha256(r.onnx_model).hexdigest() == r.onnx_sha256, "sha256 mismatch"
                 acc = onnx_accuracy(r.onnx_model, images, labels)
                 rows.append((budget, r, acc))
         unit = device.cost_unit
         print(f"\ndevice {name} ({device.description}); bundle {devices.bundle_id}\n")
-        speed = rows[0][1].device_speed or 1.0
-        if unit == "ms":  # the pick targets budget / speed at the profile's speed (`nag.cost.speed`)
-            print(f"this machine runs at {speed:.2f}x the profiled latency: picks target budget / {speed:.2f} at the "
-                  "profile's speed, and a verified pick's latency is measured here before the reply\n")
+        print("a budget is the device's cost under its runtime contract at the profile's speed: the answer depends "
+              "on the bundle, device, budget and graph form alone" + (", and each pick was also measured on this "
+                                                                      "machine before the reply\n" if device.local
+                                                                      else "\n"))
         print(f"| budget ({unit}) | predicted ({unit}, profile speed) | measured now ({unit}) | MMACs | params | "
               f"predicted val acc | ONNX Runtime test acc | model kB | request ms | architecture |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for budget, r, acc in rows:
-            measured = f"{r.measured_latency_ms:.4g}" if r.measured_latency_ms > 0 else "-"
+            measured = f"{r.measured_latency_ms:.4g}" if r.latency_verified else "-"
+            if r.verification_steps:
+                measured += f" ({r.verification_steps} step{'s' if r.verification_steps > 1 else ''} down)"
             print(f"| {budget:.4g} | {r.predicted_cost:.4g} | {measured} | {r.macs / 1e6:.2f} | "
                   f"{r.params / 1e3:.0f}k | "
                   f"{r.predicted_accuracy:.2f}% | {acc:.2f}% | {len(r.onnx_model) / 1e3:.0f} | "

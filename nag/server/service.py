@@ -18,19 +18,21 @@ from nag.config import ServiceConfig
 from nag.cost.device import DeviceError
 from nag.export import GraphForm
 from nag.policy.answer import AnswerOptions, ServingPolicy, UnavailableOptionError
+from nag.policy.cache import ByteLRU
 from nag.policy.inference import (
     BudgetOutOfRangeError,
-    Generated,
     InvalidBudgetError,
     check_candidates,
     check_seed,
     generate_checked,
     resolve_device,
 )
+from nag.policy.materialize import ExportedModel
 from nag.policy.request import resolve_request
 from nag.server.calibration import Speed, SpeedCalibration, is_local
 from nag.server.metrics import ServerMetrics
 from nag.server.slots import FifoSlots, SlotTimeout
+from nag.space.arch import Architecture
 from nag.v1 import generator_pb2 as pb
 from nag.v1 import generator_pb2_grpc as pb_grpc
 
@@ -67,13 +69,21 @@ def _tolerant(message: type) -> Callable[[bytes], object]:
     return parse
 
 
+def _serializer(message: type) -> Callable[[object], bytes]:
+    """A reply's bytes: a message serialized, or bytes a handler encoded itself (`GeneratorService._encode`)."""
+    def serialize(reply: object) -> bytes:
+        return reply if isinstance(reply, bytes) else message.SerializeToString(reply)  # type: ignore[attr-defined]
+
+    return serialize
+
+
 def add_service(servicer: GeneratorService, server: grpc.Server) -> None:
     """Register the service's methods with request deserializers that turn bad bytes into INVALID_ARGUMENT."""
     handlers = {
         method.name: grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
             request_deserializer=_tolerant(getattr(pb, method.input_type.name)),
-            response_serializer=getattr(pb, method.output_type.name).SerializeToString,
+            response_serializer=_serializer(getattr(pb, method.output_type.name)),
         )
         for method in SERVICE.methods
     }
@@ -104,10 +114,10 @@ def _fields_of(message: type, raw: dict[str, object]) -> dict[str, object]:
     return {k: v for k, v in raw.items() if k in names}
 
 
-def _architecture_message(g: Generated) -> pb.Architecture:
+def architecture_message(arch: Architecture) -> pb.Architecture:
     """The architecture's JSON fields that the message declares; a dimension registered after the proto
     was written travels in `architecture_json` alone, so adding one needs no proto change."""
-    raw = g.arch.to_dict()
+    raw = arch.to_dict()
     return pb.Architecture(**{**_fields_of(pb.Architecture, raw),
                               "stages": [pb.Stage(**_fields_of(pb.Stage, s)) for s in raw["stages"]]})
 
@@ -121,6 +131,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         self.draining = threading.Event()
         self._bundle: Bundle | None = None
         self._policy: ServingPolicy | None = None
+        self._encoded: ByteLRU[bytes] = ByteLRU(int(config.cache_mb * 1e6))
         self._active = 0
         self._idle = threading.Condition()
         self.calibration: SpeedCalibration | None = None
@@ -131,6 +142,8 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         self._policy = policy or ServingPolicy(bundle, self.config.calibration_images, self.config.verification_steps,
                                                self.config.measurement_ttl_s, int(self.config.cache_mb * 1e6))
         self.calibration = calibration
+        # Every exported frontier member's encoded reply field stays, beside the LRU of other models.
+        self._encoded = ByteLRU(self._policy.exported_bytes + int(self.config.cache_mb * 1e6) + (1 << 20))
         self._bundle = bundle
 
     @property
@@ -228,8 +241,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
 
     # -- RPCs -----------------------------------------------------------------------------------
 
-    def GenerateForBudget(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext
-                          ) -> pb.GenerateForBudgetResponse:
+    def GenerateForBudget(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext) -> bytes:
         with self._rpc("GenerateForBudget", request, context):
             return self._generate(request, context)
         raise AssertionError("unreachable")  # context.abort raised after _rpc
@@ -237,14 +249,23 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
     def _hold(self, context: grpc.ServicerContext) -> Callable[[str], AbstractContextManager[None]]:
         return lambda stage: self._computing(context, stage)
 
-    def _generate(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext
-                  ) -> pb.GenerateForBudgetResponse:
+    def _encoded_model(self, exported: ExportedModel) -> bytes:
+        """The reply's `onnx_model` field alone, serialized once per model: protobuf parses concatenated
+        messages as one, so each reply copies the model's bytes once instead of twice."""
+        encoded = self._encoded.get(exported.sha256)
+        if encoded is None:
+            encoded = pb.GenerateForBudgetResponse(onnx_model=exported.onnx).SerializeToString()
+            self._encoded.put(exported.sha256, encoded, len(encoded))
+        return encoded
+
+    def _generate(self, request: pb.GenerateForBudgetRequest, context: grpc.ServicerContext) -> bytes:
         which = request.WhichOneof("budget")
         if which is None:
-            raise InvalidBudgetError("the request has no budget: set latency_ms or macs")
+            raise InvalidBudgetError("the request has no budget: set latency_ms, macs or cost")
         req = resolve_request(
             self.bundle, latency_ms=request.latency_ms if which == "latency_ms" else None,
-            macs=request.macs if which == "macs" else None, device=request.device or None,
+            macs=request.macs if which == "macs" else None, cost=request.cost if which == "cost" else None,
+            device=request.device or None,
             candidates=request.candidates, seed=request.seed if request.HasField("seed") else None,
             default_candidates=self.config.default_candidates)
         policy = self.policy
@@ -268,8 +289,8 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         self.metrics.model_bytes.inc(len(exported.onnx))
         deprecated = [name for name, given in (("candidates", request.candidates != 0),
                                                ("seed", request.HasField("seed"))) if given]
-        return pb.GenerateForBudgetResponse(
-            onnx_model=exported.onnx, onnx_sha256=exported.sha256, architecture=_architecture_message(g),
+        return self._encoded_model(exported) + pb.GenerateForBudgetResponse(
+            onnx_sha256=exported.sha256, architecture=architecture_message(g.arch),
             architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=policy.input_shape,
             device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost, target_budget=g.target,
             predicted_latency_ms=g.predicted_cost if g.unit == "ms" else 0.0,
@@ -284,7 +305,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             device_speed=answer.speed, speed_applied=answer.speed_applied, verification_steps=answer.steps,
             frontier_member=answer.member, model_kind=exported.metadata.get("nag.model_kind", ""),
             bn_statistics=exported.metadata.get("nag.bn_statistics", ""), deprecated_fields=deprecated,
-        )
+        ).SerializeToString()
 
     def ListDevices(self, request: pb.ListDevicesRequest, context: grpc.ServicerContext) -> pb.ListDevicesResponse:
         with self._rpc("ListDevices", request, context):
