@@ -22,7 +22,7 @@ from nag.cost.device import DeviceError, DeviceProfile, check_runnable
 from nag.cost.measure import LatencyMeasurement, measure_latencies
 from nag.cost.metrics import prediction_metrics
 from nag.cost.predictor import LatencyPredictor
-from nag.cost.remote import AgentClient
+from nag.cost.remote import AgentClient, AgentError
 from nag.cost.store import (
     MEASUREMENTS_FILE,
     PREDICTOR_FILE,
@@ -131,8 +131,13 @@ def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfil
         write_measurements(path, done)
         bar.update(len(chunk))
 
-    measure_latencies(todo, space, profile, chunk_size=chunk_size, seed=seed, on_chunk=save, timer=agent)
-    bar.close()
+    try:
+        measure_latencies(todo, space, profile, chunk_size=chunk_size, seed=seed, on_chunk=save, timer=agent)
+    except AgentError as exc:
+        raise AgentError(f"{exc}. The {len(done)} measurements written to {path} are kept: run again to "
+                         f"resume") from None
+    finally:
+        bar.close()  # before any error message
     report = fit_device(done, space, profile, seed=seed)
     assert report.predictor is not None
     report.predictor.save(folder / PREDICTOR_FILE)

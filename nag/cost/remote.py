@@ -11,6 +11,7 @@ the agent package installed.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -130,8 +131,7 @@ class AgentClient:
     def _error(self, exc: grpc.RpcError) -> AgentError:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE:
-            return AgentError(f"{self.where} is unreachable ({details}): start it (nag-agent --port PORT "
-                              f"--token-file FILE) and run again; measurements already written are kept")
+            return AgentError(f"{self.where} is unreachable ({details}); is nag-agent running there?")
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return AgentError(f"{self.where} refused the token: {details}")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -238,3 +238,19 @@ def connect_agent(address: str, token_file: str | Path | None = None, tls_ca: st
         except OSError as exc:
             raise AgentError(f"cannot read the agent CA certificate {tls_ca}: {exc.strerror}") from None
     return AgentClient(address, token, root_certificates=roots, timeout_s=timeout_s)
+
+
+def add_agent_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    """The command-line flags that send `what` to a measurement agent."""
+    p.add_argument("--agent", metavar="HOST:PORT", help=f"{what} on the measurement agent (nag-agent) at HOST:PORT")
+    p.add_argument("--agent-token-file", type=Path, help=f"the agent's token (or set {AGENT_TOKEN_ENV})")
+    p.add_argument("--agent-tls-ca", type=Path, help="PEM root certificate of an agent that serves TLS")
+
+
+def agent_from_args(args: argparse.Namespace) -> AgentClient | None:
+    """A client for `--agent`, or None without the flag; the token and TLS flags need `--agent`."""
+    if args.agent is None:
+        if args.agent_token_file is not None or args.agent_tls_ca is not None:
+            raise AgentError("--agent-token-file and --agent-tls-ca need --agent HOST:PORT")
+        return None
+    return connect_agent(args.agent, args.agent_token_file, args.agent_tls_ca)
