@@ -143,8 +143,10 @@ def test_a_second_measurement_beyond_the_queue_is_refused(agent: Agent, models: 
         deadline = time.monotonic() + 30
         while client.health()["measuring"] == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        with pytest.raises(AgentError, match=r"\(RESOURCE_EXHAUSTED\): the agent is busy: 1 measurement running"):
-            client.measure(models[:1], contract(rounds=1))
+        busy_message = r"\(RESOURCE_EXHAUSTED\): the agent is busy: 1 measurement running"
+        with pytest.raises(AgentError, match=busy_message) as busy:
+            client.measure_model(models[0], packaged_profile("cpu"), SAMPLE, timeout_s=10)
+        assert busy.value.code == "RESOURCE_EXHAUSTED"  # what a server tells apart from UNAVAILABLE
         long.join(timeout=120)
         assert client.health() == {"serving": True, "measuring": 0, "waiting": 0, "max_waiting": 0}
 
@@ -160,6 +162,9 @@ def test_the_agent_times_models_as_nag_does_locally(agent: Agent, models: list[b
         assert len(r.round_medians) == 10 and r.runs == 50 and r.p10 <= r.median <= r.p90
     assert remote.timings[1].median > 1.5 * remote.timings[0].median  # the random child costs more than the smallest
     assert remote.runtime_version and all(n >= 0 for n in remote.noise)
+    with agent.client() as client:  # the served-model check a server would call: 10 warm-up runs, median of 40
+        checked = client.measure_model(small[0], packaged_profile("cpu"), SAMPLE)
+    assert 0.5 < checked / local[0].median < 2.0
 
 
 def test_two_agents_with_different_contracts_give_different_latencies(token_file: Path, models: list[bytes]) -> None:

@@ -33,7 +33,12 @@ SAME_MACHINE_FIELDS = ("cpu_model", "machine", "onnxruntime_version")
 
 
 class AgentError(DeviceError):
-    """A measurement agent is unreachable, refused a call, or cannot honour a device's contract."""
+    """A measurement agent is unreachable, refused a call, or cannot honour a device's contract. `code` is the
+    gRPC status name of a refused call (UNAVAILABLE, RESOURCE_EXHAUSTED: busy, ...), else None."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 def parse_address(text: str) -> str:
@@ -131,12 +136,12 @@ class AgentClient:
     def _error(self, exc: grpc.RpcError) -> AgentError:
         code, details = exc.code(), exc.details() or ""
         if code == grpc.StatusCode.UNAVAILABLE:
-            return AgentError(f"{self.where} is unreachable ({details}); is nag-agent running there?")
+            return AgentError(f"{self.where} is unreachable ({details}); is nag-agent running there?", code.name)
         if code == grpc.StatusCode.UNAUTHENTICATED:
-            return AgentError(f"{self.where} refused the token: {details}")
+            return AgentError(f"{self.where} refused the token: {details}", code.name)
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return AgentError(f"{self.where} did not answer in time ({details})")
-        return AgentError(f"{self.where} refused the call ({code.name}): {details}")
+            return AgentError(f"{self.where} did not answer in time ({details})", code.name)
+        return AgentError(f"{self.where} refused the call ({code.name}): {details}", code.name)
 
     def health(self) -> dict[str, Any]:
         pb, stub = self._api()
@@ -174,8 +179,10 @@ class AgentClient:
             for start in range(0, len(model), PIECE_BYTES):
                 yield pb.MeasureRequest(model=index, data=model[start:start + PIECE_BYTES])
 
-    def measure(self, models: Sequence[bytes], contract: TimingContract, seed: int = 0) -> AgentMeasurement:
-        """Time `models` (serialised ONNX) on the agent under `contract`, in interleaved rounds."""
+    def measure(self, models: Sequence[bytes], contract: TimingContract, seed: int = 0,
+                timeout_s: float | None = None) -> AgentMeasurement:
+        """Time `models` (serialised ONNX) on the agent under `contract`, in interleaved rounds; the call's
+        deadline is `timeout_s` (default: the client's), queueing included."""
         if not models:
             raise AgentError("nothing to measure: no models")
         empty = [i for i, m in enumerate(models) if not m]
@@ -183,7 +190,8 @@ class AgentClient:
             raise AgentError(f"model {empty[0]} is empty")
         _, stub = self._api()
         try:
-            r = stub.Measure(self._requests(models, contract, seed), metadata=self._metadata, timeout=self.timeout_s)
+            r = stub.Measure(self._requests(models, contract, seed), metadata=self._metadata,
+                             timeout=self.timeout_s if timeout_s is None else timeout_s)
         except grpc.RpcError as exc:
             raise self._error(exc) from None
         if len(r.timings) != len(models):
@@ -193,10 +201,14 @@ class AgentClient:
         return AgentMeasurement(timings, [t.noise for t in r.timings], r.onnxruntime_version, r.waited_seconds,
                                 r.measured_seconds)
 
-    def measure_model(self, model: bytes, profile: DeviceProfile, input_shape: Sequence[int]) -> float:
+    def measure_model(self, model: bytes, profile: DeviceProfile, input_shape: Sequence[int],
+                      timeout_s: float | None = None) -> float:
         """Median latency in ms of one served model on the agent under `profile`'s contract: the same quick
-        check (`TimingContract.for_check`) as a local `DeviceKind.measure_model`."""
-        return self.measure([model], TimingContract.for_check(profile, input_shape)).timings[0].median
+        check (`TimingContract.for_check`: 10 warm-up runs, the median of 40) as a local
+        `DeviceKind.measure_model`. Raises `AgentError` (with `code`) when the agent is unreachable, busy or
+        refuses; thread-safe."""
+        return self.measure([model], TimingContract.for_check(profile, input_shape),
+                            timeout_s=timeout_s).timings[0].median
 
     # ModelTimer
     def check_runnable(self, profile: DeviceProfile) -> None:
