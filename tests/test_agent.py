@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 
 from nag.cost import packaged_profile
@@ -152,19 +153,25 @@ def test_a_second_measurement_beyond_the_queue_is_refused(agent: Agent, models: 
 
 
 def test_the_agent_times_models_as_nag_does_locally(agent: Agent, models: list[bytes]) -> None:
-    """Same contract, same models: the agent's medians and the local ones agree, model by model."""
-    small = models[:2]
+    """Same contract, same models: the agent's medians and the local ones agree, model by model. Other work on
+    a shared machine can slow either side for a while, so each side is measured three times, alternating, and
+    its fastest median is compared."""
+    small, cpu = models[:2], packaged_profile("cpu")
+    remote_runs, local_runs, checks = [], [], []
     with agent.client() as client:
-        remote = client.measure(small, contract(rounds=10), seed=1)
-    local = LOCAL.time_models(small, contract(rounds=10), random.Random(1))
-    for r, lo in zip(remote.timings, local, strict=True):
-        assert 0.67 < r.median / lo.median < 1.5, (r.median, lo.median)
-        assert len(r.round_medians) == 10 and r.runs == 50 and r.p10 <= r.median <= r.p90
-    assert remote.timings[1].median > 1.5 * remote.timings[0].median  # the random child costs more than the smallest
+        for seed in range(3):
+            remote = client.measure(small, contract(rounds=10), seed=seed)
+            remote_runs.append([t.median for t in remote.timings])
+            local_runs.append([t.median for t in LOCAL.time_models(small, contract(rounds=10), random.Random(seed))])
+            # The served-model check a server would call: 10 warm-up runs, the median of 40.
+            checks.append(client.measure_model(small[0], cpu, SAMPLE))
+    remote_best, local_best = np.min(remote_runs, axis=0), np.min(local_runs, axis=0)
+    assert np.all((remote_best / local_best > 0.67) & (remote_best / local_best < 1.5)), (remote_runs, local_runs)
+    assert remote_best[1] > 1.5 * remote_best[0]  # the random child costs more than the smallest
+    assert 0.5 < min(checks) / local_best[0] < 2.0, (checks, local_runs)
+    t = remote.timings[0]
+    assert len(t.round_medians) == 10 and t.runs == 50 and t.p10 <= t.median <= t.p90
     assert remote.runtime_version and all(n >= 0 for n in remote.noise)
-    with agent.client() as client:  # the served-model check a server would call: 10 warm-up runs, median of 40
-        checked = client.measure_model(small[0], packaged_profile("cpu"), SAMPLE)
-    assert 0.5 < checked / local[0].median < 2.0
 
 
 def test_two_agents_with_different_contracts_give_different_latencies(token_file: Path, models: list[bytes]) -> None:
@@ -263,3 +270,17 @@ def test_a_device_measured_through_an_agent_is_not_resumed_or_measured_locally(t
     with pytest.raises(DeviceError, match=r"was measured through a measurement agent on Cortex-A76 .*: resume with "
                                           r"--agent"):
         profile_device(tmp_path, space, remote, num_archs=4, progress=False)
+
+
+def test_server_agent_flags_are_checked_in_one_line() -> None:
+    from nag.errors import NagError
+    from nag.server.app import parse_agents
+
+    assert parse_agents(["board=10.0.0.7:50061", "phone=[::1]:7"]) == {"board": "10.0.0.7:50061", "phone": "[::1]:7"}
+    for bad, message in [("board", "must be NAME=HOST:PORT"), ("=h:1", "must be NAME=HOST:PORT"),
+                         ("board=host", "must be HOST:PORT with a port in"),
+                         ("board=h:70000", "port in \\[1, 65535\\]")]:
+        with pytest.raises(NagError, match=message):
+            parse_agents([bad])
+    with pytest.raises(NagError, match="names device 'board' twice"):
+        parse_agents(["board=h:1", "board=h:2"])
