@@ -57,10 +57,12 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
     from nag.config import PipelineConfig
     from nag.cost.device import DeviceProfile, packaged_profile
     from nag.cost.profiling import profile_device
+    from nag.cost.remote import agent_from_args
     from nag.cost.store import PROFILE_FILE, device_dir
     from nag.space import load_space
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    agent = agent_from_args(args)
     space = load_space(args.space)
     in_bundle = device_dir(args.bundle, args.device) / PROFILE_FILE
     if args.profile_file:
@@ -75,7 +77,11 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
         profile = packaged_profile(args.device)
     started = time.perf_counter()
     archs = PipelineConfig().profile_archs if args.archs is None else args.archs
-    report = profile_device(args.bundle, space, profile, num_archs=archs, seed=args.seed)
+    try:
+        report = profile_device(args.bundle, space, profile, num_archs=archs, seed=args.seed, agent=agent)
+    finally:
+        if agent is not None:
+            agent.close()
     folder = device_dir(args.bundle, profile.name)
     if report.predictor is None:
         print(f"device {profile.name}: analytic cost ({profile.unit}); nothing to measure. Wrote {folder}")
@@ -83,7 +89,8 @@ def _cmd_profile_device(args: argparse.Namespace) -> int:
     held = report.holdout["predictor"]
     base = report.holdout["macs_linear_baseline"]
     left_out = "kept: too few were stable to leave them out" if report.fit_on_unstable else "left out"
-    print(f"device {profile.name}: {report.measurements} architectures measured "
+    on = f" on {agent.where} ({agent.fingerprint()['cpu_model']})" if agent is not None else ""
+    print(f"device {profile.name}: {report.measurements} architectures measured{on} "
           f"({report.unstable} flagged unstable and {left_out}) in {time.perf_counter() - started:.0f} s")
     print(f"held-out ({held['n']} architectures): {100 * held['within_10pct']:.1f}% within ±10%, "
           f"mean |error| {100 * held['mean_abs_rel_error']:.1f}%, RMSE {held['rmse']:.4f} {profile.unit}, "
@@ -116,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--archs", type=int, help="architectures to measure (stratified over MACs)")
     d.add_argument("--seed", type=int, default=0,
                    help="seed for the sampled architectures, their measurement order and the predictor fit")
+    # The flags of nag.cost.remote.add_agent_arguments, spelt out: importing nag.cost would slow `nag --help`.
+    d.add_argument("--agent", metavar="HOST:PORT", help="time the models on the measurement agent (nag-agent) at "
+                                                        "HOST:PORT; everything else runs here")
+    d.add_argument("--agent-token-file", type=Path, help="the agent's token (or set NAG_AGENT_TOKEN)")
+    d.add_argument("--agent-tls-ca", type=Path, help="PEM root certificate of an agent that serves TLS")
     g = sub.add_parser("generate", help="request a model for a budget from a server (or --local)")
     from nag.client import add_arguments
 

@@ -81,13 +81,17 @@ class OnnxRuntimeKind(MeasuredKind):
     unit = "ms"
 
     def contract(self, profile: DeviceProfile) -> dict[str, Any]:
-        return {
+        contract = {
             "device": profile.name, "runtime": "onnxruntime",
             "runtime_version": profile.runtime_version or "unrecorded", "execution_provider": profile.provider,
             "graph_optimization_level": GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization],
             "intra_op_threads": profile.intra_op_threads, "inter_op_threads": 1, "execution_mode": "ORT_SEQUENTIAL",
             "batch_size": profile.batch_size, "model_format": profile.model_format,
         }
+        if profile.measured_remotely:
+            on = profile.measured_on
+            contract["measured_on"] = f"{on.get('cpu_model', '?')} ({on.get('machine', '?')}, {on.get('os', '?')})"
+        return contract
 
     def contract_problems(self, profile: DeviceProfile) -> tuple[list[str], list[str]]:
         """An error: the execution provider is missing, or the profile was measured with another ONNX Runtime
@@ -96,6 +100,12 @@ class OnnxRuntimeKind(MeasuredKind):
         import onnxruntime as ort
 
         errors, warnings = [], []
+        if profile.measured_remotely:
+            # Measured on another machine: this runtime neither has to match nor may it stand in for it.
+            warnings.append(f"device {profile.name!r} was measured through a measurement agent on "
+                            f"{self.contract(profile)['measured_on']}: this machine does not time its models, so "
+                            f"its latencies are predicted, not verified or calibrated here")
+            return errors, warnings
         if profile.provider not in ort.get_available_providers():
             errors.append(f"device {profile.name!r} was measured with {profile.provider}, which this ONNX Runtime "
                           f"does not have (available: {ort.get_available_providers()})")
@@ -120,7 +130,7 @@ class OnnxRuntimeKind(MeasuredKind):
                               f"that device")
 
     def runs_here(self, profile: DeviceProfile) -> bool:
-        return not self.contract_problems(profile)[0]
+        return not profile.measured_remotely and not self.contract_problems(profile)[0]
 
     def measure_model(self, model: bytes, profile: DeviceProfile, input_shape: Sequence[int]) -> float:
         return measure_model(model, profile, input_shape)
@@ -129,13 +139,17 @@ class OnnxRuntimeKind(MeasuredKind):
                           ) -> DeviceProfile:
         import onnxruntime as ort
 
+        if done and profile.measured_remotely:
+            raise DeviceError(f"{path} was measured through a measurement agent on "
+                              f"{self.contract(profile)['measured_on']}: resume with --agent, or delete it to "
+                              f"profile the device on this machine")
         if done and profile.runtime_version and profile.runtime_version != ort.__version__:
             raise DeviceError(f"{path} was measured with ONNX Runtime {profile.runtime_version}, this is "
                               f"{ort.__version__}: delete it to re-profile the device with this runtime")
         if done and not profile.runtime_version:
             log.warning("device %s: the %d measurements already taken do not record their ONNX Runtime version; "
                         "recording %s", profile.name, len(done), ort.__version__)
-        return replace(profile, runtime_version=ort.__version__)  # part of the runtime contract
+        return replace(profile, runtime_version=ort.__version__, measured_on={})  # part of the runtime contract
 
     def measure(self, archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile, *,
                 chunk_size: int = 50, retries: int = 2, seed: int = 0,

@@ -7,7 +7,7 @@ its own copy under `devices/<name>/device.json`, next to the measurements and th
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,9 @@ class DeviceProfile:
     graph_optimization: str = "all"
     model_format: str = "onnx"
     runtime_version: str = ""  # the ONNX Runtime that measured the profile ("" in profiles that predate it)
+    # The fingerprint (CPU, cores, OS, ONNX Runtime) of the measurement agent that measured the profile
+    # (`nag profile-device --agent`); empty when it was measured in the profiling process itself.
+    measured_on: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
@@ -64,8 +67,15 @@ class DeviceProfile:
                             f"{list(GRAPH_OPTIMIZATION_LEVELS)}")
         if self.model_format not in MODEL_FORMATS:
             problems.append(f"model_format {self.model_format!r} must be one of {list(MODEL_FORMATS)}")
+        if not isinstance(self.measured_on, dict):
+            problems.append("measured_on must be a JSON object (an agent's fingerprint)")
         if problems:
             raise DeviceError(f"device profile {self.name!r} is invalid: " + "; ".join(problems))
+
+    @property
+    def measured_remotely(self) -> bool:
+        """Measured through a measurement agent, on another machine than the one profiling."""
+        return bool(self.measured_on)
 
     @property
     def device_kind(self) -> DeviceKind:

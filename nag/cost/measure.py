@@ -22,12 +22,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from nag.cost.device import GRAPH_OPTIMIZATION_LEVELS, DeviceProfile, check_runnable
+from nag.cost.device import GRAPH_OPTIMIZATION_LEVELS, DeviceError, DeviceProfile, check_runnable
 from nag.export import INPUT_NAME, export_onnx
 from nag.space.arch import Architecture, biggest, sample_uniform, smallest
 from nag.space.plan import child_plan, count_macs
@@ -110,24 +110,30 @@ def latency_model_bytes(arch: Architecture, space: SearchSpace, seed: int = 0) -
     return export_onnx(child, check=False)
 
 
-def session_options(profile: DeviceProfile) -> Any:
+def _options(intra_op_threads: int, level: str, inter_op_threads: int = 1) -> Any:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = profile.intra_op_threads
-    opts.inter_op_num_threads = 1
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
-                                            GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization])
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     opts.log_severity_level = 3
     return opts
+
+
+def _providers(provider: str) -> list[str]:
+    return [provider] + (["CPUExecutionProvider"] if provider != "CPUExecutionProvider" else [])
+
+
+def session_options(profile: DeviceProfile) -> Any:
+    return _options(profile.intra_op_threads, GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization])
 
 
 def open_session(model: bytes, profile: DeviceProfile) -> Any:
     import onnxruntime as ort
 
-    providers = [profile.provider] + (["CPUExecutionProvider"] if profile.provider != "CPUExecutionProvider" else [])
-    return ort.InferenceSession(model, session_options(profile), providers=providers)
+    return ort.InferenceSession(model, session_options(profile), providers=_providers(profile.provider))
 
 
 def measure_model(model: bytes, profile: DeviceProfile, input_shape: Sequence[int], warmup: int = 10,
@@ -152,6 +158,70 @@ def _round_noise(rounds: list[list[float]]) -> float:
     return robust_relative_error([float(np.median(r)) for r in rounds], float(np.median(np.concatenate(rounds))))
 
 
+# Untimed runs before each model's turn in a round: the previous model evicted this one's weights from the cache.
+REWARM_RUNS = 2
+# A served model's quick check (`measure_model`): warm-up runs, then the median of this many timed runs.
+CHECK_WARMUP_RUNS = 10
+CHECK_RUNS = 40
+
+
+@dataclass(frozen=True)
+class TimingContract:
+    """How a set of models is timed: a device's runtime contract (provider, threads, graph optimisation, batch,
+    one sample's input shape) and its repeats. The same values go to a measurement agent (`nag.cost.remote`)."""
+
+    provider: str
+    intra_op_threads: int
+    graph_optimization_level: str  # ONNX Runtime's name, e.g. ORT_ENABLE_ALL
+    batch_size: int
+    input_shape: tuple[int, ...]  # one sample, without the batch
+    warmup_runs: int
+    timed_runs: int
+    rounds: int
+    rewarm_runs: int
+    max_noise: float  # noisier models get up to `rounds` extra rounds; 0: none
+    inter_op_threads: int = 1
+
+    @classmethod
+    def for_profiling(cls, profile: DeviceProfile, input_shape: Sequence[int]) -> TimingContract:
+        """The interleaved rounds of profiling (`measure_onnxruntime`)."""
+        return cls(profile.provider, profile.intra_op_threads, GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization],
+                   profile.batch_size, tuple(int(d) for d in input_shape[-3:]), profile.warmup_runs,
+                   profile.timed_runs, profile.rounds, REWARM_RUNS, profile.max_noise)
+
+    @classmethod
+    def for_check(cls, profile: DeviceProfile, input_shape: Sequence[int]) -> TimingContract:
+        """One served model's quick check: the median of `CHECK_RUNS` runs after `CHECK_WARMUP_RUNS`."""
+        return cls(profile.provider, profile.intra_op_threads, GRAPH_OPTIMIZATION_LEVELS[profile.graph_optimization],
+                   profile.batch_size, tuple(int(d) for d in input_shape[-3:]), CHECK_WARMUP_RUNS, CHECK_RUNS, 1, 0,
+                   0.0)
+
+
+@dataclass(frozen=True)
+class ModelTiming:
+    """One model's timing under a `TimingContract`, in ms: the median over every timed run, and per round."""
+
+    median: float
+    p10: float
+    p90: float
+    round_medians: tuple[float, ...]
+    runs: int
+    stable: bool
+
+
+class ModelTimer(Protocol):
+    """Where models are timed: this machine (`LOCAL`) or a measurement agent (`nag.cost.remote.AgentClient`)."""
+
+    where: str
+
+    def check_runnable(self, profile: DeviceProfile) -> None:
+        """Raise DeviceError if models cannot be timed there under `profile`'s contract."""
+
+    def time_models(self, models: Sequence[bytes], contract: TimingContract, rng: random.Random
+                    ) -> list[ModelTiming]:
+        """Time `models` in interleaved rounds (their order in each round drawn from `rng`), in order."""
+
+
 def _divide_round_speed(timings: list[list[list[float]]]) -> None:
     """Divide each full round's runs by the machine's speed during that round, in place.
 
@@ -169,48 +239,72 @@ def _divide_round_speed(timings: list[list[list[float]]]) -> None:
             arch_rounds[r] = [t / factor for t in arch_rounds[r]]
 
 
-def _summarise(arch: Architecture, space: SearchSpace, rounds: list[list[float]], max_noise: float
-               ) -> LatencyMeasurement:
+def _timing(rounds: list[list[float]], max_noise: float) -> ModelTiming:
     runs = np.concatenate([np.asarray(r) for r in rounds])
     p10, median, p90 = (float(v) for v in np.percentile(runs, [10, 50, 90]))
     round_medians = tuple(float(np.median(r)) for r in rounds)
-    return LatencyMeasurement(arch.arch_id, arch.to_json(), count_macs(arch, space), median, p10, p90,
-                              round_medians, len(runs), bool(_round_noise(rounds) <= max_noise))
+    return ModelTiming(median, p10, p90, round_medians, len(runs), max_noise <= 0 or _round_noise(rounds) <= max_noise)
+
+
+def _contract_session(model: bytes, contract: TimingContract) -> Any:
+    import onnxruntime as ort
+
+    opts = _options(contract.intra_op_threads, contract.graph_optimization_level, contract.inter_op_threads)
+    return ort.InferenceSession(model, opts, providers=_providers(contract.provider))
+
+
+class LocalTimer:
+    """Times models on this machine, in this process."""
+
+    where = "this machine"
+
+    def check_runnable(self, profile: DeviceProfile) -> None:
+        check_runnable(profile)
+
+    def time_models(self, models: Sequence[bytes], contract: TimingContract, rng: random.Random
+                    ) -> list[ModelTiming]:
+        sessions = [_contract_session(m, contract) for m in models]
+        feed = {INPUT_NAME: np.random.default_rng(0).random((contract.batch_size, *contract.input_shape),
+                                                            dtype=np.float32)}
+        for s in sessions:
+            for _ in range(contract.warmup_runs):
+                s.run(None, feed)
+        timings: list[list[list[float]]] = [[] for _ in models]
+
+        def one_round(indices: list[int]) -> None:
+            rng.shuffle(indices)
+            for i in indices:
+                s = sessions[i]
+                for _ in range(contract.rewarm_runs):
+                    s.run(None, feed)
+                times = []
+                for _ in range(contract.timed_runs):
+                    start = time.perf_counter_ns()
+                    s.run(None, feed)
+                    times.append((time.perf_counter_ns() - start) / 1e6)
+                timings[i].append(times)
+
+        for _ in range(contract.rounds):
+            one_round(list(range(len(models))))
+        _divide_round_speed(timings)
+        if contract.max_noise > 0:
+            for _ in range(contract.rounds):  # extra rounds, only for the measurements still too noisy
+                noisy = [i for i, t in enumerate(timings) if _round_noise(t) > contract.max_noise]
+                if not noisy:
+                    break
+                one_round(noisy)
+        return [_timing(t, contract.max_noise) for t in timings]
+
+
+LOCAL = LocalTimer()
 
 
 def _measure_chunk(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile,
-                   rng: random.Random) -> list[LatencyMeasurement]:
-    sessions = [open_session(latency_model_bytes(a, space), profile) for a in archs]
-    c, size = space.input.channels, space.input.size
-    feed = {INPUT_NAME: np.random.default_rng(0).random((profile.batch_size, c, size, size), dtype=np.float32)}
-    for s in sessions:
-        for _ in range(profile.warmup_runs):
-            s.run(None, feed)
-    timings: list[list[list[float]]] = [[] for _ in archs]
-    rewarm = 2
-
-    def one_round(indices: list[int]) -> None:
-        rng.shuffle(indices)
-        for i in indices:
-            s = sessions[i]
-            for _ in range(rewarm):  # the previous architecture evicted this one's weights from the cache
-                s.run(None, feed)
-            times = []
-            for _ in range(profile.timed_runs):
-                start = time.perf_counter_ns()
-                s.run(None, feed)
-                times.append((time.perf_counter_ns() - start) / 1e6)
-            timings[i].append(times)
-
-    for _ in range(profile.rounds):
-        one_round(list(range(len(archs))))
-    _divide_round_speed(timings)
-    for _ in range(profile.rounds):  # extra rounds, only for the measurements still too noisy
-        noisy = [i for i, t in enumerate(timings) if _round_noise(t) > profile.max_noise]
-        if not noisy:
-            break
-        one_round(noisy)
-    return [_summarise(a, space, t, profile.max_noise) for a, t in zip(archs, timings, strict=True)]
+                   rng: random.Random, timer: ModelTimer) -> list[LatencyMeasurement]:
+    contract = TimingContract.for_profiling(profile, (space.input.channels, space.input.size, space.input.size))
+    timings = timer.time_models([latency_model_bytes(a, space) for a in archs], contract, rng)
+    return [LatencyMeasurement(a.arch_id, a.to_json(), count_macs(a, space), t.median, t.p10, t.p90, t.round_medians,
+                               t.runs, t.stable) for a, t in zip(archs, timings, strict=True)]
 
 
 def _anchors(space: SearchSpace) -> list[Architecture]:
@@ -223,17 +317,24 @@ def _chunk_factor(anchor_runs: list[LatencyMeasurement], reference: dict[str, fl
 
 def measure_latencies(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile, *,
                       chunk_size: int = 50, retries: int = 2, seed: int = 0,
-                      on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None
-                      ) -> list[LatencyMeasurement]:
-    """Every architecture's cost on the device, as its kind measures it (`measure_onnxruntime` for ONNX Runtime)."""
-    return profile.device_kind.measure(archs, space, profile, chunk_size=chunk_size, retries=retries, seed=seed,
-                                       on_chunk=on_chunk)
+                      on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None,
+                      timer: ModelTimer | None = None) -> list[LatencyMeasurement]:
+    """Every architecture's cost on the device, as its kind measures it (`measure_onnxruntime` for ONNX Runtime).
+    With a `timer` (a measurement agent), an ONNX Runtime device's models are timed there instead."""
+    if timer is None:
+        return profile.device_kind.measure(archs, space, profile, chunk_size=chunk_size, retries=retries, seed=seed,
+                                           on_chunk=on_chunk)
+    if profile.kind != "onnxruntime":
+        raise DeviceError(f"device {profile.name!r} is of kind {profile.kind!r}; a measurement agent times ONNX "
+                          f"Runtime latencies only")
+    return measure_onnxruntime(archs, space, profile, chunk_size=chunk_size, retries=retries, seed=seed,
+                               on_chunk=on_chunk, timer=timer)
 
 
 def measure_onnxruntime(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile, *,
                         chunk_size: int = 50, retries: int = 2, seed: int = 0,
-                        on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None
-                        ) -> list[LatencyMeasurement]:
+                        on_chunk: Callable[[list[LatencyMeasurement]], None] | None = None,
+                        timer: ModelTimer = LOCAL) -> list[LatencyMeasurement]:
     """Measure every architecture in chunks of interleaved rounds, guarding against machine drift.
 
     A shared machine changes speed over minutes (here one chunk in eight ran 30% slower), which
@@ -241,9 +342,10 @@ def measure_onnxruntime(archs: Sequence[Architecture], space: SearchSpace, profi
     chunk; a chunk whose anchors are off by more than the profile's `max_drift` from the first chunk's is
     measured again (at most `retries` times, keeping the attempt closest to the reference), and if
     it stays off, its measurements are flagged unstable. Noisy single measurements are flagged too.
-    `on_chunk` is called with each finished chunk (for progress and incremental saving).
+    `on_chunk` is called with each finished chunk (for progress and incremental saving). `timer` says
+    where the models run: this machine, or a measurement agent.
     """
-    check_runnable(profile)
+    timer.check_runnable(profile)
     rng = random.Random(seed)
     anchors = _anchors(space)
     reference: dict[str, float] | None = None
@@ -252,7 +354,7 @@ def measure_onnxruntime(archs: Sequence[Architecture], space: SearchSpace, profi
         chunk = list(archs[start:start + chunk_size])
         best: tuple[float, float, list[LatencyMeasurement]] | None = None
         for _ in range(1 + retries):
-            measured = _measure_chunk(chunk + anchors, space, profile, rng)
+            measured = _measure_chunk(chunk + anchors, space, profile, rng, timer)
             measured, anchor_runs = measured[:len(chunk)], measured[len(chunk):]
             if reference is None:
                 reference = {m.arch_id: m.median for m in anchor_runs}

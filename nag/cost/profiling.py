@@ -1,14 +1,16 @@
 """`nag profile-device`: measure stratified architectures on a device and fit its latency predictor.
 
 Measurements are saved after every chunk, so a killed run resumes where it stopped (the architecture
-list is fixed by the seed, and measured ids are skipped).
+list is fixed by the seed, and measured ids are skipped). With a measurement agent the models are timed on
+the agent's machine and everything else (sampling, drift checks, saving, the fit) happens here; a killed
+agent or host resumes the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from nag.cost.device import DeviceError, DeviceProfile, check_runnable
 from nag.cost.measure import LatencyMeasurement, measure_latencies
 from nag.cost.metrics import prediction_metrics
 from nag.cost.predictor import LatencyPredictor
+from nag.cost.remote import AgentClient, AgentError
 from nag.cost.store import (
     MEASUREMENTS_FILE,
     PREDICTOR_FILE,
@@ -93,15 +96,26 @@ def fit_device(measurements: list[LatencyMeasurement], space: SearchSpace, profi
 
 
 def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfile, *, num_archs: int = 400,
-                   seed: int = 0, chunk_size: int = 40, progress: bool = True) -> FitReport:
-    """Measure `num_archs` stratified architectures (resuming), then fit and save the predictor."""
-    check_runnable(profile)
+                   seed: int = 0, chunk_size: int = 40, progress: bool = True, agent: AgentClient | None = None
+                   ) -> FitReport:
+    """Measure `num_archs` stratified architectures (resuming), then fit and save the predictor. With an
+    `agent`, the models are timed on the agent's machine, whose fingerprint the saved profile records."""
+    if agent is None:
+        check_runnable(profile)
+    else:
+        agent.check_runnable(profile)
     folder = device_dir(bundle, profile.name)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / MEASUREMENTS_FILE
     kind = profile.device_kind
     done = read_measurements(path) if path.exists() and kind.measured else []
-    profile = kind.prepare_profiling(profile, done, path)
+    if agent is None:
+        profile = kind.prepare_profiling(profile, done, path)
+    else:
+        if done and (folder / PROFILE_FILE).is_file():  # where the measurements so far were taken
+            recorded = DeviceProfile.load(folder / PROFILE_FILE)
+            profile = replace(profile, runtime_version=recorded.runtime_version, measured_on=recorded.measured_on)
+        profile = agent.prepare_profiling(profile, done, path)
     atomic_write_bytes(folder / PROFILE_FILE, profile.to_json().encode())
     if not kind.measured:
         return FitReport(None, {}, 0, 0)
@@ -117,8 +131,13 @@ def profile_device(bundle: str | Path, space: SearchSpace, profile: DeviceProfil
         write_measurements(path, done)
         bar.update(len(chunk))
 
-    measure_latencies(todo, space, profile, chunk_size=chunk_size, seed=seed, on_chunk=save)
-    bar.close()
+    try:
+        measure_latencies(todo, space, profile, chunk_size=chunk_size, seed=seed, on_chunk=save, timer=agent)
+    except AgentError as exc:
+        raise AgentError(f"{exc}. The {len(done)} measurements written to {path} are kept: run again to "
+                         f"resume") from None
+    finally:
+        bar.close()  # before any error message
     report = fit_device(done, space, profile, seed=seed)
     assert report.predictor is not None
     report.predictor.save(folder / PREDICTOR_FILE)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from nag.cost.device import DeviceProfile
-from nag.cost.measure import LatencyMeasurement, measure_latencies
+from nag.cost.measure import LatencyMeasurement, ModelTimer, measure_latencies
 from nag.cost.store import MEASUREMENTS_FILE, read_measurements
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
@@ -45,13 +45,15 @@ def reference_architectures(profiled: Sequence[LatencyMeasurement], space: Searc
 
 
 def measure_against_profile(archs: Sequence[Architecture], space: SearchSpace, profile: DeviceProfile,
-                            device_folder: str | Path, references: int = 8, seed: int = 0) -> MeasuredNow:
-    """Measure `archs` together with `references` profiled architectures and the machine's speed ratio."""
+                            device_folder: str | Path, references: int = 8, seed: int = 0,
+                            timer: ModelTimer | None = None) -> MeasuredNow:
+    """Measure `archs` together with `references` profiled architectures and the machine's speed ratio (on a
+    measurement agent's machine, given one as `timer`)."""
     profiled = read_measurements(Path(device_folder) / MEASUREMENTS_FILE)
     by_id = {m.arch_id: m for m in profiled}
     unique = {a.arch_id: a for a in archs}
     refs = [a for a in reference_architectures(profiled, space, references) if a.arch_id not in unique]
-    measured = measure_latencies(list(unique.values()) + refs, space, profile, seed=seed)
+    measured = measure_latencies(list(unique.values()) + refs, space, profile, seed=seed, timer=timer)
     now = {m.arch_id: m for m in measured}
     ratios = {a.arch_id: now[a.arch_id].corrected / by_id[a.arch_id].corrected for a in refs}
     speed = float(np.median(list(ratios.values()))) if ratios else 1.0

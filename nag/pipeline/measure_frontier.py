@@ -1,6 +1,7 @@
 """Measure the serving frontier of a local device, so that its picks keep their latency budget.
 
     python -m nag.pipeline.measure_frontier --bundle bundles/default --device cpu
+    python -m nag.pipeline.measure_frontier --bundle B --device board --agent HOST:PORT --agent-token-file F
 
 A pick is the child the accuracy estimate likes best among those the latency predictor says fit, so the
 predictor's under-predictions gather exactly where picks are made: on the default bundle the generator's
@@ -9,7 +10,8 @@ random children. This stage measures every member of the device's serving fronti
 contract (at the profile's speed, through reference children of the profile) and stores them in the
 device folder; the device then costs those children by measurement. A measured cost can push a child off
 the front and let another one on, so the front is rebuilt and its new members measured until all of
-its members are measured. The manifest is sealed again at the end.
+its members are measured. The manifest is sealed again at the end. A device profiled through a
+measurement agent is measured through an agent on the same kind of machine (`--agent`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 from nag.bundle.bundle import Bundle, load_bundle, write_manifest
 from nag.cost.device import DeviceError, contract_problems
 from nag.cost.measure import LatencyMeasurement
+from nag.cost.remote import AgentClient, add_agent_arguments, agent_from_args
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, device_dir, read_measurements, write_measurements
 from nag.errors import NagError
@@ -54,9 +57,10 @@ def _apply(bundle: Bundle, name: str, records: dict[str, LatencyMeasurement]) ->
 
 
 def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_rounds: int = MAX_ROUNDS,
-                     seed: int = 0) -> FrontierMeasurement:
+                     seed: int = 0, agent: AgentClient | None = None) -> FrontierMeasurement:
     """Measure device `name`'s serving frontier until every member is measured; write the measurements
-    and seal the manifest again. Earlier measurements are kept and reused unless `fresh`."""
+    and seal the manifest again. Earlier measurements are kept and reused unless `fresh`. With an `agent`,
+    the children are timed there (under the device's contract, against the profile's reference children)."""
     bundle = load_bundle(root)
     if name not in bundle.devices:
         raise DeviceError(f"unknown device {name!r}; this bundle has {sorted(bundle.devices)}")
@@ -64,9 +68,15 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
     profile = models.device.profile
     if not profile.device_kind.measured:
         raise DeviceError(f"device {name!r} has analytic costs ({profile.unit}); there is nothing to measure")
-    errors = contract_problems(profile)[0]
-    if errors:
-        raise DeviceError(f"cannot measure here: {errors[0]}")
+    if agent is not None:
+        agent.check_runnable(profile)
+    elif profile.measured_remotely:
+        raise DeviceError(f"device {name!r} was measured through a measurement agent on "
+                          f"{profile.contract()['measured_on']}; measure its frontier there: --agent HOST:PORT")
+    else:
+        errors = contract_problems(profile)[0]
+        if errors:
+            raise DeviceError(f"cannot measure here: {errors[0]}")
     folder = device_dir(bundle.root, name)
     predicted = models.device.cost_model
     path = folder / SERVING_MEASUREMENTS_FILE
@@ -79,7 +89,7 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
         log.info("round %d: %d front members, %d not measured yet", rounds, len(front.entries), len(todo))
         if not todo:
             break
-        now = measure_against_profile(todo, bundle.space, profile, folder, seed=seed + rounds)
+        now = measure_against_profile(todo, bundle.space, profile, folder, seed=seed + rounds, timer=agent)
         speed = now.speed
         for m in now.measurements:
             # Stored at the profile's speed: `corrected` divides the chunk drift and the machine's speed out.
@@ -124,11 +134,18 @@ def measurable_here(bundle: str | Path, name: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bundle", default="bundles/default", help="the bundle whose device to measure")
-    p.add_argument("--device", default="cpu", help="a device with measured latency, runnable on this machine")
+    p.add_argument("--device", default="cpu", help="a device with measured latency, runnable on this machine "
+                                                   "(or on --agent)")
+    add_agent_arguments(p, "time the children")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        r = measure_frontier(args.bundle, args.device)
+        agent = agent_from_args(args)
+        try:
+            r = measure_frontier(args.bundle, args.device, agent=agent)
+        finally:
+            if agent is not None:
+                agent.close()
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,6 +26,7 @@ from nag import installed_version
 from nag.bundle.bundle import Bundle, bundle_or_default, load_bundle
 from nag.config import ServiceConfig
 from nag.cost.device import contract_problems
+from nag.cost.remote import AgentClient, agent_contract_problems, connect_agent, parse_address
 from nag.errors import NagError
 from nag.policy.answer import ServingPolicy
 from nag.policy.frontier import serving_frontier
@@ -39,6 +40,7 @@ from nag.v1 import generator_pb2 as pb
 log = logging.getLogger("nag.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ArchitectureGeneratorService"].full_name
 CLIENT_DEFAULT_RECEIVE = 4 * 1024 * 1024
+AGENT_MEASURE_TIMEOUT_S = 120.0
 UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -85,6 +87,11 @@ class ServerOptions:
     # Serve devices whose runtime contract this runtime cannot honour (another ONNX Runtime version, ...).
     allow_contract_mismatch: bool = False
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    # Measurement agents by device name (`--agent NAME=HOST:PORT`): connected and checked against the device's
+    # contract at load; `RunningServer.agents` holds their clients.
+    agents: dict[str, str] = field(default_factory=dict)
+    agent_token_file: Path | None = None  # else $NAG_AGENT_TOKEN
+    agent_tls_ca: Path | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -97,6 +104,7 @@ class ServerOptions:
             raise NagError("--grace and the drain time must not be negative")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise NagError("--tls-cert and --tls-key go together")
+        self.agents = {name: parse_address(address) for name, address in self.agents.items()}
 
 
 def _read_tls(options: ServerOptions) -> grpc.ServerCredentials | None:
@@ -160,6 +168,7 @@ class RunningServer:
         add_service(self.service, self.server)
         self._stop_calibrating = threading.Event()
         self._calibrating: threading.Thread | None = None
+        self.agents: dict[str, AgentClient] = {}
         # The metrics endpoint first: binding it cannot leave a half-started gRPC server holding its port.
         self.metrics_port = self.metrics.serve(options.metrics_port, options.host) \
             if options.metrics_port >= 0 else None
@@ -189,6 +198,7 @@ class RunningServer:
         started = time.perf_counter()
         bundle = bundle or load_bundle(self.options.bundle)
         check_contracts(bundle, self.options.allow_contract_mismatch)
+        self.agents = connect_agents(bundle, self.options)
         service = self.options.service
         policy = ServingPolicy(bundle, service.calibration_images, service.verification_steps,
                                service.measurement_ttl_s, int(service.cache_mb * 1e6))
@@ -198,6 +208,10 @@ class RunningServer:
                             "here and BN-calibrated on %d images when exported (materialize them with `python -m "
                             "nag.pipeline.materialize_frontier --bundle %s`)", bundle.bundle_id, name,
                             service.calibration_images, bundle.root)
+        for name, agent in self.agents.items():  # verification on the device itself
+            profile = bundle.devices[name].device.profile
+            policy.set_measurer(name, lambda onnx, a=agent, p=profile: a.measure_model(
+                onnx, p, policy.input_shape, timeout_s=AGENT_MEASURE_TIMEOUT_S))
         exported = policy.warm(service.warm_forms)
         largest = max(policy.largest_model, _check_biggest(bundle, service.calibration_images))
         if largest > CLIENT_DEFAULT_RECEIVE:
@@ -237,6 +251,8 @@ class RunningServer:
         time.sleep(max(0.0, min(drain, grace) - (time.monotonic() - started)))
         self.server.stop(max(0.0, grace - (time.monotonic() - started))).wait()
         self.metrics.close()
+        for agent in self.agents.values():
+            agent.close()
 
 
 def check_contracts(bundle: Bundle, allow_mismatch: bool = False) -> None:
@@ -249,6 +265,31 @@ def check_contracts(bundle: Bundle, allow_mismatch: bool = False) -> None:
             raise NagError("; ".join(errors))
         for error in errors:
             log.warning("serving despite a contract mismatch (--allow-contract-mismatch): %s", error)
+
+
+def connect_agents(bundle: Bundle, options: ServerOptions) -> dict[str, AgentClient]:
+    """A client per `--agent`, each reachable and able to honour its device's contract (unless
+    --allow-contract-mismatch, which only warns)."""
+    agents: dict[str, AgentClient] = {}
+    try:
+        for name, address in sorted(options.agents.items()):
+            if name not in bundle.devices:
+                raise NagError(f"--agent names device {name!r}, which the bundle lacks (it has "
+                               f"{sorted(bundle.devices)})")
+            profile = bundle.devices[name].device.profile
+            agent = connect_agent(address, options.agent_token_file, options.agent_tls_ca)
+            agents[name] = agent
+            problems = agent_contract_problems(profile, agent.fingerprint())
+            if problems and not options.allow_contract_mismatch:
+                raise NagError(f"{agent.where} cannot measure device {name!r}: " + "; ".join(problems))
+            for problem in problems:
+                log.warning("--allow-contract-mismatch: %s for device %s: %s", agent.where, name, problem)
+            log.info("device %s: %s on %s", name, agent.where, agent.fingerprint()["cpu_model"])
+    except BaseException:
+        for agent in agents.values():
+            agent.close()
+        raise
+    return agents
 
 
 def _check_biggest(bundle: Bundle, calibration_images: int) -> int:
@@ -302,6 +343,10 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
                    help="measure this machine's speed against the profiles of the devices it runs, and target "
                         "budget / speed for requests that do not say (reported in the reply; default: off)")
     p.add_argument("--no-calibrate", dest="calibrate", action="store_false", help=argparse.SUPPRESS)
+    p.add_argument("--agent", action="append", default=[], metavar="NAME=HOST:PORT",
+                   help="the measurement agent (nag-agent) that runs device NAME's models; repeatable")
+    p.add_argument("--agent-token-file", type=Path, help="the agents' token (or set NAG_AGENT_TOKEN)")
+    p.add_argument("--agent-tls-ca", type=Path, help="PEM root certificate of agents that serve TLS")
     p.add_argument("--allow-contract-mismatch", action="store_true",
                    help="serve devices measured under another runtime (e.g. another ONNX Runtime version); "
                         "their latency budgets may not hold")
@@ -323,6 +368,19 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+def parse_agents(values: list[str]) -> dict[str, str]:
+    """`--agent NAME=HOST:PORT` flags as {device name: address}; a device named twice is an error."""
+    agents: dict[str, str] = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep or not name or not address:
+            raise NagError(f"--agent {value!r} must be NAME=HOST:PORT (a device name and its agent's address)")
+        if name in agents:
+            raise NagError(f"--agent names device {name!r} twice")
+        agents[name] = parse_address(address)
+    return agents
+
+
 def options_from_args(args: argparse.Namespace) -> ServerOptions:
     return ServerOptions(
         bundle=bundle_or_default(args.bundle), host=args.host, port=args.port, metrics_port=args.metrics_port,
@@ -331,7 +389,8 @@ def options_from_args(args: argparse.Namespace) -> ServerOptions:
                               cache_mb=args.cache_mb, verify_latency=args.verify_latency,
                               measurement_ttl_s=args.measurement_ttl, calibrate_speed=args.calibrate),
         tls_cert=args.tls_cert, tls_key=args.tls_key, token=_token(args), grace_seconds=args.grace,
-        allow_contract_mismatch=args.allow_contract_mismatch,
+        allow_contract_mismatch=args.allow_contract_mismatch, agents=parse_agents(args.agent),
+        agent_token_file=args.agent_token_file, agent_tls_ca=args.agent_tls_ca,
     )
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from nag.bundle.bundle import Bundle
 from nag.config import ServiceConfig
 from nag.cost.device import DeviceError
+from nag.cost.remote import AgentError
 from nag.export import GraphForm
 from nag.policy.answer import AnswerOptions, ServingPolicy, UnavailableOptionError
 from nag.policy.cache import ByteLRU
@@ -95,6 +96,8 @@ def _shorten(message: str) -> str:
 
 
 _USER_ERRORS: dict[type[Exception], grpc.StatusCode] = {
+    # Before DeviceError, which it is: a device's agent that is down or refused (a busy one keeps its code).
+    AgentError: grpc.StatusCode.UNAVAILABLE,
     InvalidBudgetError: grpc.StatusCode.INVALID_ARGUMENT,
     DeviceError: grpc.StatusCode.NOT_FOUND,
     BudgetOutOfRangeError: grpc.StatusCode.OUT_OF_RANGE,
@@ -204,6 +207,8 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             code, message = exc.code, exc.message
         except tuple(_USER_ERRORS) as exc:
             code = next(c for kind, c in _USER_ERRORS.items() if isinstance(exc, kind))
+            if isinstance(exc, AgentError) and exc.code in ("RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"):
+                code = getattr(grpc.StatusCode, exc.code)
             message = str(exc)
         except Exception as exc:  # anything else is our bug: log it, answer INTERNAL, keep serving
             code = grpc.StatusCode.INTERNAL
