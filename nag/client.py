@@ -67,6 +67,7 @@ class GeneratedModel:
     params: int
     timings_ms: dict[str, float]
     cached: bool
+    notes: str = ""  # what the server did on request: verification, speed
 
 
 def channel(address: str, tls_ca: Path | None = None, retries: bool = True):  # type: ignore[no-untyped-def]
@@ -137,6 +138,10 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
         req.latency_ms = args.budget_ms
     if args.seed is not None:
         req.seed = args.seed
+    if args.verify_latency:
+        req.verify_latency = True
+    if args.apply_speed:
+        req.apply_speed = True
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     with channel(args.server, args.tls_ca) as ch:
         stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
@@ -148,7 +153,19 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
     return GeneratedModel(r.onnx_model, r.onnx_sha256, r.architecture_json, r.architecture_id, r.device,
                           r.cost_unit, r.predicted_cost, r.target_budget, r.predicted_accuracy, r.macs, r.params,
                           {"sample": t.sample_ms, "choose": t.choose_ms, "slice": t.slice_ms,
-                           "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached)
+                           "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached,
+                          _notes(r))
+
+
+def _notes(r) -> str:  # type: ignore[no-untyped-def]
+    notes = []
+    if r.latency_verified:
+        notes.append(f"measured {r.measured_latency_ms:.4g} ms on the device"
+                     + (f" after {r.verification_steps} step(s) down the serving frontier" if r.verification_steps
+                        else ""))
+    if r.speed_applied:
+        notes.append(f"targeted budget / {r.device_speed:.2f}, the server's measured speed")
+    return "; ".join(notes)
 
 
 def request_local(args: argparse.Namespace) -> GeneratedModel:
@@ -179,6 +196,10 @@ def run(args: argparse.Namespace) -> int:
     if args.candidates is not None and not 1 <= args.candidates <= MAX_CANDIDATES:
         print(f"error: --candidates must lie in [1, {MAX_CANDIDATES}], got {args.candidates}", file=sys.stderr)
         return 2
+    if args.local and (args.verify_latency or args.apply_speed):
+        print("error: --verify-latency and --apply-speed ask a server; --local answers from the bundle alone",
+              file=sys.stderr)
+        return 2
     if args.seed is not None or args.candidates is not None:
         print("note: --seed and --candidates are deprecated and change nothing: the answer is a function of the "
               "bundle, device, budget and graph form", file=sys.stderr)
@@ -195,6 +216,8 @@ def run(args: argparse.Namespace) -> int:
           f"{model.predicted_accuracy:.2f}%, {model.macs / 1e6:.2f} MMACs, {model.params / 1e3:.1f}k params")
     print("timings (ms): " + json.dumps({k: round(v, 2) for k, v in model.timings_ms.items()})
           + (" (cached)" if model.cached else ""))
+    if model.notes:
+        print(model.notes)
     print(f"wrote {out} ({len(model.onnx) / 1e3:.0f} kB, sha256 {model.sha256[:16]}...)")
     return 0
 
@@ -213,4 +236,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", help="bearer token")
     p.add_argument("--tls-ca", type=Path, help="CA certificate for a TLS server")
     p.add_argument("--local", action="store_true", help="run the same path in-process instead of over gRPC")
+    p.add_argument("--verify-latency", action="store_true",
+                   help="ask the server to measure the pick on the device first, stepping down while it runs over")
+    p.add_argument("--apply-speed", action="store_true",
+                   help="ask the server to target budget / its measured speed (one started with --calibrate-speed)")
     p.add_argument("--bundle", help="bundle for --local (default: $NAG_BUNDLE, else a checkout's bundles/default)")

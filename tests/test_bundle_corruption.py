@@ -16,7 +16,8 @@ from nag.cli import main as nag_main
 REPO = Path(__file__).resolve().parents[1]
 # Files that serving parses (the others, such as triplets.jsonl, are only verified by their hash).
 PARSED = ("space.json", "supernet.pt", "accuracy_predictor.json", "devices/flops/device.json",
-          "devices/flops/evaluator.pt", "devices/flops/generator.pt")
+          "devices/flops/evaluator.pt", "devices/flops/generator.pt", "devices/flops/frontier.json",
+          "devices/flops/frontier_bn.npz")
 
 
 def _corruptions(data: bytes) -> dict[str, bytes]:
@@ -121,3 +122,26 @@ def test_serve_on_a_corrupt_bundle_exits_2_in_one_line(tiny_bundle: Path, tmp_pa
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "not a JSON object" in errors[0], proc.stderr
+
+
+@pytest.mark.parametrize("resealed", [False, True])
+def test_missing_stored_statistics_are_a_one_line_error_naming_the_file(tiny_bundle: Path, tmp_path: Path,
+                                                                        resealed: bool,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The serving frontier's BN statistics deleted: as listed in the manifest, or with the manifest rewritten
+    consistently without them (the frontier file still names them)."""
+    copy = tmp_path / "b"
+    shutil.copytree(tiny_bundle, copy)
+    rel = "devices/flops/frontier_bn.npz"
+    (copy / rel).unlink()
+    if resealed:
+        manifest = json.loads((copy / MANIFEST_FILE).read_text())
+        del manifest["files"][rel]
+        (copy / MANIFEST_FILE).write_text(json.dumps(seal_manifest(manifest)))
+    code, err = _generate(copy, tmp_path, capsys)
+    _assert_one_line_error(code, err, rel)
+    assert rel in err and ("missing" in err), err
+    proc = subprocess.run([sys.executable, "-m", "nag.cli", "serve", "--bundle", str(copy), "--port", "0",
+                           "--metrics-port", "-1"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and len(errors) == 1 and rel in errors[0]
