@@ -2,14 +2,16 @@
 
     python -m benchmarks.replicas --bundle bundles/default [--clients 16] [--seconds 15] [--repeats 2]
 
-Each replica is a `nag serve` process with more slots than there are clients (nobody is refused for
-overload); nginx (deploy/nginx, one worker) balances them. The 1-replica and 2-replica runs go through
-the same nginx config, in turn, so the ratio compares replicas, not proxies; one direct run (no nginx)
-shows the proxy's cost. "Uncached": replicas without a model cache (as in server_load) and a new seed
-every call, so every call samples, chooses, slices, calibrates and exports. "Cached": 16 seeded
-requests that every replica has answered before. The kill runs SIGKILL one of two uncached replicas a
-third of the way into an uncached run and count the calls that failed, with and without the client's
-retry policy (nag.client.channel), and with and without `non_idempotent` in nginx's grpc_next_upstream.
+Each replica is a `nag serve` process with its defaults (no verification, no speed; every serving-frontier
+member exported in the portable form before SERVING) and more slots than there are clients (nobody is refused
+for overload); nginx (deploy/nginx, one worker) balances them. The 1-replica and 2-replica runs go through
+the same nginx config, in turn, so the ratio compares replicas, not proxies; one direct run (no nginx) shows
+the proxy's cost. "Fresh": every call a budget never asked before (distinct across the run); "repeated": 16
+budgets cycled. Both are answered from the models exported at start. "Cold": fresh budgets in the standard
+graph form (not warmed) on replicas with `--cache-mb 0`, so every call slices and exports, the only work
+left per call. The kill runs SIGKILL one of two replicas a third of the way into a fresh-budget run and count
+the calls that failed, with and without the client's retry policy (nag.client.channel), and with and without
+`non_idempotent` in nginx's grpc_next_upstream.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import grpc
 import numpy as np
 
 from benchmarks.results_io import machine, markdown_table, write_results
-from benchmarks.server_load import Server, _free_port, budget_request
+from benchmarks.server_load import FreshBudgets, Server, _free_port, budget_request
 from deploy.nginx.render import Nginx, find_nginx
 from nag.client import channel
 from nag.v1 import generator_pb2 as pb
@@ -108,65 +110,60 @@ def main(argv: list[str] | None = None) -> int:
         with ThreadPoolExecutor(count) as pool:
             return list(pool.map(lambda _: Server(args.bundle, cache_mb, SLOTS), range(count)))
 
-    servers = start(2, 0)
+    servers = start(2, 256)
     with channel(servers[0].address) as ch:
         devices = pb_grpc.ArchitectureGeneratorServiceStub(ch).ListDevices(pb.ListDevicesRequest(), timeout=10)
     device = next(d for d in devices.devices if d.name == args.device)
     budgets = np.linspace(device.min_cost * 1.2, device.max_cost, 16)
+    fresh = FreshBudgets(device.min_cost * 1.001, device.max_cost)
 
-    def request(budget: float, seed: int) -> pb.GenerateForBudgetRequest:
-        return budget_request(device, budget, seed)
+    def fresh_request(client: int, i: int) -> pb.GenerateForBudgetRequest:
+        return budget_request(device, fresh())
 
-    run_id = [0]  # uncached seeds never repeat across runs
+    def repeated(client: int, i: int) -> pb.GenerateForBudgetRequest:
+        return budget_request(device, float(budgets[(client + i) % len(budgets)]))
 
-    def uncached(client: int, i: int) -> pb.GenerateForBudgetRequest:
-        return request(float(budgets[(client + i) % len(budgets)]), 1_000_000 * run_id[0] + client * 10_000 + i)
-
-    def cached(client: int, i: int) -> pb.GenerateForBudgetRequest:
-        k = (client + i) % len(budgets)
-        return request(float(budgets[k]), k)
+    def cold(client: int, i: int) -> pb.GenerateForBudgetRequest:
+        return budget_request(device, fresh(), "standard")
 
     data: dict[str, Any] = {"machine": machine(), "load_average_at_start": os.getloadavg(), "bundle": args.bundle,
                             "device": args.device, "clients": args.clients, "slots_per_replica": SLOTS,
-                            "seconds": args.seconds, "runs": [], "kills": []}
+                            "seconds": args.seconds, "runs": [], "kills": [], "ready_s": [s.ready_s for s in servers]}
     tmp = Path(tempfile.mkdtemp(prefix="nag-replicas-"))
-    # Uncached: replicas without a model cache (as server_load), a new seed every call. Cached: replicas
-    # with a cache that already holds the 16 seeded requests.
-    workloads = {"uncached": (0.0, uncached), "cached": (256.0, cached)}
+    # (replicas' --cache-mb, request maker); fresh and repeated share the replicas.
+    workloads = {"fresh": (256.0, fresh_request), "repeated": (256.0, repeated), "cold": (0.0, cold)}
+    run_id = 0
     for kind, (cache_mb, make) in workloads.items():
-        if kind == "cached":
+        if kind == "cold":
             servers = start(2, cache_mb)
-            for s in servers:
-                with channel(s.address) as ch:
-                    stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
-                    for k in range(len(budgets)):
-                        stub.GenerateForBudget(cached(0, k), timeout=60)
+            data["ready_s"] += [s.ready_s for s in servers]
         for repeat in range(args.repeats):  # 1 and 2 replicas in turn: drift on a shared machine hits both
             for replicas in (1, 2):
-                with Nginx([s.address for s in servers[:replicas]], _free_port(), tmp / f"nginx{run_id[0]}") as lb:
-                    run_id[0] += 1
+                with Nginx([s.address for s in servers[:replicas]], _free_port(), tmp / f"nginx{run_id}") as lb:
+                    run_id += 1
                     r = run_load(lb.address, args.clients, args.seconds, make)
                 data["runs"].append({"path": "nginx", "replicas": replicas, "kind": kind, "repeat": repeat, **r})
                 print(f"nginx, {replicas} replica(s), {kind}:", r, flush=True)
-        run_id[0] += 1
         r = run_load(servers[0].address, args.clients, args.seconds, make)  # the proxy's cost: no nginx
         data["runs"].append({"path": "direct", "replicas": 1, "kind": kind, "repeat": 0, **r})
         print(f"direct, 1 replica, {kind}:", r, flush=True)
-        if kind == "uncached":
-            # Kill runs: a fresh second replica each time, SIGKILLed a third of the way into an uncached run.
+        if kind == "fresh":
+            # Kill runs: a fresh second replica each time, SIGKILLed a third of the way into a fresh-budget run.
             for non_idempotent in (False, True):
                 for retries in (True, False):
                     (victim,) = start(1, cache_mb)
-                    with Nginx([servers[0].address, victim.address], _free_port(), tmp / f"kill{run_id[0]}",
+                    data["ready_s"].append(victim.ready_s)
+                    with Nginx([servers[0].address, victim.address], _free_port(), tmp / f"kill{run_id}",
                                non_idempotent=non_idempotent) as lb:
-                        run_id[0] += 1
-                        r = run_load(lb.address, args.clients, args.kill_seconds, uncached, retries=retries,
+                        run_id += 1
+                        r = run_load(lb.address, args.clients, args.kill_seconds, fresh_request, retries=retries,
                                      at=(args.kill_seconds / 3, victim.proc.kill))
                     victim.proc.wait()
                     data["kills"].append({"nginx_non_idempotent": non_idempotent, "client_retries": retries, **r})
                     print(f"kill: nginx non_idempotent {non_idempotent}, client retries {retries}:", r, flush=True)
-        for s in servers:
-            s.stop()
+        if kind != "fresh":
+            for s in servers:
+                s.stop()
 
     def ratio(kind: str) -> float:
         rate = {n: sum(run["req_per_s"] for run in data["runs"] if run["path"] == "nginx" and run["kind"] == kind
@@ -180,16 +177,21 @@ def main(argv: list[str] | None = None) -> int:
               k["lost"], ", ".join(f"{c} {n}" for c, n in k["errors"].items()) or "-", f"{k['p99_ms']:.0f}"]
              for k in data["kills"]]
     load = ", ".join(f"{x:.1f}" for x in data["load_average_at_start"])
+    ready = ", ".join(f"{x:.1f}" for x in data["ready_s"])
     md = (f"# Several replicas behind nginx (bundle `{args.bundle}`, device `{args.device}`)\n\n"
           f"{os.cpu_count()} CPU cores shared by the replicas, nginx (1 worker) and {args.clients} client threads "
-          f"(one channel each; load average {load} at the start); {args.seconds:.0f} s per run, 1 and 2 replicas "
-          f"in turn, {args.repeats} times; each replica `--max-concurrent {SLOTS}`; uncached: `--cache-mb 0` and a "
-          f"new seed per call; cached: 16 seeded requests the replicas have answered before.\n\n")
+          f"(one channel each; load average {load} at the start; other work on the machine); {args.seconds:.0f} s "
+          f"per run, 1 and 2 replicas in turn, {args.repeats} times; each replica `nag serve` with its defaults "
+          f"(no verification, no speed) and `--max-concurrent {SLOTS}`. Fresh: every call a budget never asked "
+          "before; repeated: 16 budgets cycled; both answered from the portable models every replica exports "
+          "before SERVING (`cached` replies). Cold: fresh budgets in the standard form on replicas with "
+          "`--cache-mb 0`, so every call slices and exports. Replica start to SERVING: "
+          f"{ready} s (pairs start in parallel).\n\n")
     md += markdown_table(["path", "replicas", "workload", "ok", "cached", "req/s", "p50 ms", "p99 ms", "failed"], rows)
-    md += (f"\n2 replicas / 1 replica through nginx (req/s summed over the runs): "
-           f"{data['speedup']['uncached']:.2f}x uncached, {data['speedup']['cached']:.2f}x cached.\n\n"
-           f"One of two uncached replicas SIGKILLed {args.kill_seconds / 3:.0f} s into a {args.kill_seconds:.0f} s "
-           f"uncached run ({args.clients} clients):\n\n")
+    md += ("\n2 replicas / 1 replica through nginx (req/s summed over the runs): "
+           + ", ".join(f"{data['speedup'][kind]:.2f}x {kind}" for kind in workloads) + ".\n\n"
+           f"One of two replicas SIGKILLed {args.kill_seconds / 3:.0f} s into a {args.kill_seconds:.0f} s "
+           f"fresh-budget run ({args.clients} clients):\n\n")
     md += markdown_table(["nginx non_idempotent", "client retries", "ok", "lost", "errors", "p99 ms"], kills)
     write_results(args.name, data, md)
     print(md)
