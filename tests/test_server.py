@@ -233,6 +233,8 @@ def test_cli_generate_remote_and_local(server: RunningServer, tiny_bundle: Path,
     assert local.returncode == 0, local.stderr
     arch_line = [line for line in remote.stdout.splitlines() if line.startswith("architecture")]
     assert arch_line == [line for line in local.stdout.splitlines() if line.startswith("architecture")]
+    # The same serving policy in-process: the same model bytes, runtime contract metadata included.
+    assert (tmp_path / "r.onnx").read_bytes() == (tmp_path / "l.onnx").read_bytes()
     ort.InferenceSession(str(tmp_path / "l.onnx"), providers=["CPUExecutionProvider"])
     bad = nag("--macs", "-1", "-o", str(tmp_path / "x.onnx"), "--server", f"127.0.0.1:{server.port}")
     assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr and "Traceback" not in bad.stderr
