@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nag.config.checks import check, known_fields, named
-from nag.data.source import DataSource
+from nag.config.data import DataSource
 
 MIDDLE_SAMPLERS = ("uniform", "stratified", "attentive-best", "attentive-worst")
 ATTENTIVE_PROXIES = ("loss", "predictor")
