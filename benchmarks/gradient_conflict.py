@@ -36,7 +36,8 @@ from benchmarks.results_io import RESULTS, machine, markdown_table, write_result
 from nag.artifacts import load_artifact
 from nag.config import SupernetTrainConfig, profile
 from nag.errors import NagError
-from nag.pipeline.train_supernet import SupernetTrainer, setup_distributed
+from nag.pipeline.distributed import setup_distributed
+from nag.pipeline.supernet_trainer import SupernetTrainer
 from nag.supernet.io import load_supernet
 from nag.supernet.layers import is_size_transform
 

@@ -15,7 +15,7 @@ from nag.limits import MAX_CANDIDATES, MAX_SEED
 
 # gRPC clients refuse replies above 4 MB by default; the largest child of a big space can exceed it.
 MAX_RECEIVE = 64 * 1024 * 1024
-# The retry policy of every channel() (several replicas behind a load balancer; see README): calls that
+# The retry policy of every channel() (several replicas behind a load balancer; docs/serving.md): calls that
 # end UNAVAILABLE (a replica died or is draining after SIGTERM, or nginx found no live replica) or
 # RESOURCE_EXHAUSTED (all of a replica's slots busy) or INTERNAL (nginx resets the stream with HTTP/2
 # INTERNAL_ERROR when the replica it forwarded to dies mid-call; the server itself answers no malformed

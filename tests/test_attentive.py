@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from nag.bundle.bundle import load_generator, save_generator
 from nag.config import EvaluatorConfig, GeneratorConfig, profile
 from nag.errors import NagError
-from nag.pipeline.train_supernet import Distributed, SupernetTrainer
+from nag.pipeline.distributed import Distributed
+from nag.pipeline.supernet_trainer import SupernetTrainer
 from nag.pnag.budgets import even_budgets
 from nag.pnag.encoding import TokenEncoder
 from nag.pnag.evaluator import train_evaluator

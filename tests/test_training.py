@@ -19,7 +19,8 @@ import torch
 from nag.artifacts import load_artifact
 from nag.config import profile
 from nag.errors import NagError
-from nag.pipeline.train_supernet import Distributed, SupernetTrainer
+from nag.pipeline.distributed import Distributed
+from nag.pipeline.supernet_trainer import SupernetTrainer
 from nag.supernet.io import load_supernet
 
 REPO = Path(__file__).resolve().parents[1]
@@ -348,7 +349,8 @@ def test_every_training_batch_is_even(tmp_path: Path) -> None:
 
 
 def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> None:
-    from nag.pipeline.train_supernet import build_config, parse_args, step_seed
+    from nag.pipeline.supernet_trainer import step_seed
+    from nag.pipeline.train_supernet import build_config, parse_args
     from nag.recipe.sandwich import uniform_first
     from nag.recipe.stratified import StratifiedSampler
     from nag.space import count_macs, sample_uniform
@@ -376,7 +378,8 @@ def test_some_middle_children_can_be_drawn_uniformly(space, tmp_path: Path) -> N
 
 
 def test_some_middle_children_can_be_drawn_at_the_lowest_resolution(space, tmp_path: Path) -> None:
-    from nag.pipeline.train_supernet import build_config, parse_args, step_seed
+    from nag.pipeline.supernet_trainer import step_seed
+    from nag.pipeline.train_supernet import build_config, parse_args
     from nag.recipe.sandwich import lowest_resolution_first, uniform_first
     from nag.recipe.stratified import StratifiedSampler
     from nag.space import sample_uniform

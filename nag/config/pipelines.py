@@ -104,7 +104,7 @@ class PipelineConfig:
 PIPELINES: dict[str, PipelineConfig] = {
     # Refinement raised the default bundle's served test accuracy from 91.34 to 91.70% (`cpu`, 15 budgets;
     # the lookup table 91.64) and from 91.32 to 91.53% (`flops`, 10 budgets; 91.52) with 50% more images
-    # passed through children; README, "On-policy refinement" and "Serving frontier against the lookup table".
+    # passed through children; docs/bundles.md, "On-policy refinement", and docs/results.md.
     "default": PipelineConfig(refine_rounds=3),
     # A few minutes end to end on 2 CPU cores, supernet included.
     "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from nag.config.checks import check
-from nag.export import GraphForm
+from nag.graph_form import GraphForm
 
 
 @dataclass(frozen=True)

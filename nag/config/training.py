@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from nag.config.checks import check, known_fields, named
-from nag.data.source import DataSource
+from nag.config.data import DataSource
 
 MIDDLE_SAMPLERS = ("uniform", "stratified", "attentive-best", "attentive-worst")
 ATTENTIVE_PROXIES = ("loss", "predictor")
@@ -138,7 +138,7 @@ PROFILES: dict[str, SupernetTrainConfig] = {
                                 middle_sampler="uniform", kernel_transform=False),
     # The quality run: about 55 minutes on 2 CPU cores (12 epochs of 429 sandwich steps). Its students also
     # see the labels (half the weight) and one of its three middle children is drawn uniformly: on the full
-    # run 50 random children gained 1.72 points on average and the served picks 0.5-1.1 (README, Measured).
+    # run 50 random children gained 1.72 points on average and the served picks 0.5-1.1 (docs/results-supernet.md).
     "default": SupernetTrainConfig(profile="default", student_label_weight=0.5, num_middle_children=3,
                                    uniform_middle_children=1),
     # For tests: a handful of steps.

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from nag.artifacts import read_json
 from nag.cost.kinds import DeviceKind, registered_kinds
 from nag.errors import NagError
 
@@ -113,13 +114,7 @@ class DeviceProfile:
 
     @classmethod
     def load(cls, path: str | Path) -> DeviceProfile:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise DeviceError(f"device profile {path} does not exist") from None
-        except json.JSONDecodeError as exc:
-            raise DeviceError(f"device profile {path} is not valid JSON: {exc}") from None
+        raw = read_json(path, "device profile", DeviceError)
         return cls.from_dict(raw, origin=f"device profile {path}")
 
 

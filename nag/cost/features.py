@@ -6,9 +6,8 @@ therefore sums of MACs and of touched activations per operator type and per stag
 its own spatial size), plus layer counts for the per-operator overheads, depthwise and
 squeeze-and-excitation channels for the per-channel overheads (ONNX Runtime's depthwise kernels loop
 over channels), and one indicator per input resolution for its fixed costs. A linear model on them is
-a learned per-layer lookup table that generalises to layers it has not seen. On 600 architectures
-measured here, 5-fold cross-validated predictions within ±10%: 91% with MACs, activations and layer
-counts alone, 97% with the depthwise channels, 98% with the SE channels and resolution indicators too.
+a learned per-layer lookup table that generalises to layers it has not seen; what each feature group
+adds to its accuracy was measured on the `cpu` device (docs/devices.md).
 """
 
 from __future__ import annotations

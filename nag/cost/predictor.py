@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from nag.artifacts import atomic_write_bytes
+from nag.artifacts import atomic_write_bytes, read_json
 from nag.cost.features import feature_names, features_matrix
 from nag.errors import CheckpointError
 from nag.space.arch import Architecture
@@ -115,13 +115,7 @@ class LatencyPredictor:
 
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace) -> LatencyPredictor:
-        path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise CheckpointError(f"latency predictor {path} does not exist; run `nag profile-device`") from None
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"latency predictor {path} is corrupt or truncated: {exc}") from None
+        raw = read_json(path, "latency predictor", missing_hint="; run `nag profile-device`")
         try:
             if raw["format"] != FORMAT or raw["kind"] != "ridge-layer-features":
                 raise CheckpointError(f"latency predictor {path} has format {raw['format']}/{raw['kind']}, "

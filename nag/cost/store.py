@@ -6,18 +6,16 @@ the bundle's `devices/`; everything that serves or trains reads devices only thr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from nag.artifacts import atomic_write_bytes
+from nag.artifacts import read_jsonl, write_jsonl
 from nag.cost.device import DeviceError, DeviceProfile
 from nag.cost.measure import LatencyMeasurement
 from nag.cost.predictor import CostModel
-from nag.errors import CheckpointError
 from nag.space.arch import Architecture
 from nag.space.space import SearchSpace
 
@@ -48,24 +46,13 @@ def list_devices(bundle: str | Path) -> list[str]:
 
 def read_measurements(path: str | Path) -> list[LatencyMeasurement]:
     """Every line of a measurements file; a truncated or malformed line is an error naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"measurements file {path} does not exist; run `nag profile-device`")
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            out.append(LatencyMeasurement.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"measurements file {path} line {number} is truncated or malformed "
-                                  f"({type(exc).__name__}: {exc}); delete the line or re-run the profiler") from None
-    return out
+    return read_jsonl(path, "measurements file", LatencyMeasurement.from_dict,
+                      missing_hint="; run `nag profile-device`",
+                      malformed_hint="; delete the line or re-run the profiler")
 
 
 def write_measurements(path: str | Path, measurements: Sequence[LatencyMeasurement]) -> None:
-    text = "".join(json.dumps(m.to_dict(), sort_keys=True) + "\n" for m in measurements)
-    atomic_write_bytes(Path(path), text.encode())
+    write_jsonl(path, (m.to_dict() for m in measurements))
 
 
 @dataclass(frozen=True)

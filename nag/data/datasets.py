@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nag.config.data import FASHION_MNIST_DIR
 from nag.errors import DataNotFoundError
 
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )

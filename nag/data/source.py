@@ -1,12 +1,11 @@
-"""Where the data comes from: a typed description that the config and the CLI share."""
+"""Loading the splits a `DataSource` describes (the description itself is `nag.config.data`'s)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
+from nag.config.data import DataSource
 from nag.data.datasets import (
-    FASHION_MNIST_DIR,
     DataSplits,
     ImageSet,
     load_fashion_mnist,
@@ -15,21 +14,6 @@ from nag.data.datasets import (
     split_validation,
 )
 from nag.errors import DataNotFoundError
-
-KINDS = ("fashion-mnist", "idx", "folder")
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """`fashion-mnist` (root: the IDX folder), `idx` (root holding train-/t10k- images and labels,
-    gzip or not, as Fashion-MNIST names them) or `folder` (root/train/<class>/*.png and root/test/...)."""
-
-    kind: str = "fashion-mnist"
-    root: str = str(FASHION_MNIST_DIR)
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise DataNotFoundError(f"unknown data kind {self.kind!r}; choose one of {list(KINDS)}")
 
 
 def _load_train_test(source: DataSource, image_size: int, channels: int) -> tuple[ImageSet, ImageSet]:

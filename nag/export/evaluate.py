@@ -1,9 +1,8 @@
 """Accuracy of children, BN-calibrated and run the way they are deployed (ONNX Runtime).
 
-Scoring a child through its ONNX model instead of the PyTorch supernet gives the same predictions and
-is about 2.3× faster per child on 2 cores (0.22 s instead of 0.50 s for 250 calibration and 1,500
-validation images, averaged over 12 MACs-stratified children), which is what triplet collection and
-the search baselines spend their time on.
+Scoring a child through its ONNX model instead of the PyTorch supernet gives the same predictions
+faster (docs/results.md, "Triplets"), and scoring children is what triplet collection and the search
+baselines spend their time on.
 """
 
 from __future__ import annotations

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from enum import StrEnum
 
 import numpy as np
 import onnx
@@ -32,6 +31,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
+from nag.graph_form import GraphForm
 from nag.space.block import ConvBN, Op, SqueezeExcite
 from nag.supernet.static import StaticChild, StaticMBConv
 
@@ -44,14 +44,6 @@ _HINTS = {"depthwise": "dw"}  # node-name hints of the block's layers, where sho
 
 def _hint(name: str) -> str:
     return _HINTS.get(name, name)
-
-
-class GraphForm(StrEnum):
-    """Which ops express the child; every form computes the same function (see the module doc)."""
-
-    STANDARD = "standard"
-    PORTABLE = "portable"
-    MOBILE = "mobile"
 
 
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[np.ndarray, np.ndarray]:

@@ -4,14 +4,14 @@
     python -m nag.pipeline.measure_frontier --bundle B --device board --agent HOST:PORT --agent-token-file F
 
 A pick is the child the accuracy estimate likes best among those the latency predictor says fit, so the
-predictor's under-predictions gather exactly where picks are made: on the default bundle the generator's
-picks of 3-9 MMACs ran 25-53% over their predicted latency, while the predictor is within 10% on 98% of
-random children. This stage measures every member of the device's serving frontier under its runtime
-contract (at the profile's speed, through reference children of the profile) and stores them in the
-device folder; the device then costs those children by measurement. A measured cost can push a child off
-the front and let another one on, so the front is rebuilt and its new members measured until all of
-its members are measured. The manifest is sealed again at the end. A device profiled through a
-measurement agent is measured through an agent on the same kind of machine (`--agent`).
+predictor's under-predictions gather exactly where picks are made, although it is accurate on random
+children (docs/devices.md, "The serving frontier is measured"). This stage measures every member of the
+device's serving frontier under its runtime contract (at the profile's speed, through reference children
+of the profile) and stores them in the device folder; the device then costs those children by
+measurement. A measured cost can push a child off the front and let another one on, so the front is
+rebuilt and its new members measured until all of its members are measured. The manifest is sealed again
+at the end. A device profiled through a measurement agent is measured through an agent on the same kind of
+machine (`--agent`).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ gets the predicted cost of every device and, when it was measured while profilin
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections.abc import Sequence
@@ -18,10 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from nag.artifacts import atomic_write_bytes
+from nag.artifacts import read_jsonl, write_jsonl
 from nag.cost.store import Device
 from nag.data.datasets import ImageSet
-from nag.errors import CheckpointError
 from nag.export.evaluate import child_accuracy
 from nag.space.arch import Architecture
 from nag.space.plan import count_macs, count_params
@@ -73,23 +71,11 @@ class Triplet:
 
 
 def read_triplets(path: str | Path) -> list[Triplet]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"triplets file {path} does not exist; run `make collect`")
-    out = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                out.append(Triplet.from_dict(json.loads(line)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-                raise CheckpointError(f"triplets file {path} line {number} is truncated or malformed "
-                                      f"({type(exc).__name__})") from None
-    return out
+    return read_jsonl(path, "triplets file", Triplet.from_dict, missing_hint="; run `make collect`")
 
 
 def write_triplets(path: str | Path, triplets: Sequence[Triplet]) -> None:
-    text = "".join(json.dumps(t.to_dict(), sort_keys=True) + "\n" for t in triplets)
-    atomic_write_bytes(Path(path), text.encode())
+    write_jsonl(path, (t.to_dict() for t in triplets))
 
 
 def measure_triplet(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, val: ImageSet,

@@ -1,9 +1,7 @@
 """The serving frontier of one device: what a pick is chosen from (issue 18).
 
-A pick used to be the evaluator's best of the request's own samples. The generator stops growing its
-children at a third of the `cpu` range, so from 0.40 ms up every budget got the same 10-MMAC child
-while the bundle's own triplets held better ones within the same budget. A pick is now the best entry
-of a per-device table within the target, and the table holds, scored by **one accuracy estimate**:
+A pick is the best entry within the target of a per-device table, which holds, scored by **one accuracy
+estimate** (the expected validation accuracy):
 
 - **measured** architectures, the bundle's triplets: cost from the device's predictor as it is now (the
   triplets' stored costs may predate a re-profile), expected accuracy = their measured validation
@@ -13,9 +11,6 @@ of a per-device table within the target, and the table holds, scored by **one ac
   `PROPOSAL_SEEDS` seeded draws (`proposal_pool`), plus the space's cheapest and dearest children;
   expected accuracy = the bundle's accuracy predictor (ridge on the one-hot encoding, fitted on the
   same triplets, so on the same scale; an architecture that is also a triplet keeps its measurement).
-  One draw of 32 samples kept 16 distinct architectures over 48 budgets on the default bundle, and the
-  requests' own samples found 6.2-MMAC children that fitted 0.16 ms and scored 1.1 test points above
-  the frontier's pick there; 3 draws of 64, 3 kept each, hold 203 (1.1 s to build, once per bundle).
   On-policy refinement (`nag.pipeline.refine`) measures the proposed entries that reach the front.
 
 The table is reduced to its Pareto front (cost ascending, expected accuracy strictly increasing), and
@@ -25,16 +20,8 @@ best measured architecture within T; its expected accuracy never falls as the bu
 target at or above every entry's cost gets the best entry of all. A pick made from samples drawn for T
 itself would not be monotone: those samples are not in the pool of the next budget.
 
-Why these two estimates (held-out validation images 1,500-5,000, which the triplets never saw; BN
-calibrated on the served 128 images; default bundle): on 40 random triplets the measured accuracy
-and the predictor's out-of-fold prediction track held-out accuracy equally well (correlation 0.93 both);
-the triplets on the Pareto front overstate it by 0.39 points (the best of many noisy scores) and the
-predictor overstates the generator's picks by 0.58 (the evaluator picks what the predictor likes too),
-a difference inside the noise. Over 30 `cpu` and 20 `flops` targets (3 seeds), this rule with the
-generator's seed-0 picks at those targets as its proposals beat the best triplet within the target by
-+0.23 and +0.10 held-out points on average; the request's own pick alone trailed it by 0.09 and 0.42;
-penalising proposed entries by 0.2-1 point or shrinking measurements towards the predictor did not do
-better.
+Why this rule, these proposals and these two estimates, as measured on the default bundle:
+docs/serving.md ("Picking a child") and docs/results.md ("Serving frontier against the lookup table").
 """
 
 from __future__ import annotations

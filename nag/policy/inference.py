@@ -1,15 +1,19 @@
 """Generating an architecture for a budget (PNAG section 3.5).
 
-`pick_architecture` is PNAG's step: the budget's embedding is interpolated between its two neighbouring
-learned budgets, `candidates` architectures are sampled in one batch, their cost comes from the device's
-predictor, infeasible ones are dropped (a bounded number of resampling rounds if none is feasible; then
-the space's cheapest child, which the caller is told about), and the evaluator's score picks the best.
-`generate`, what the server and the CLI serve, chooses from the device's serving frontier instead
-(`nag.policy.frontier`): the generator's picks across the device's range and the bundle's measured
+`generate`, what the server and the CLI serve, chooses from the device's serving frontier
+(`nag.policy.frontier`): the generator's proposals across the device's range and the bundle's measured
 triplets, scored by one accuracy estimate, so that a pick is never worse than what the bundle measured
 within the budget and never gets worse as the budget rises. On a device whose costs are measured
 latencies the pick targets the budget less a margin for the predictor's error
 (`GenerationConfig.latency_margin`), never less than the cheapest child.
+
+`pick_architecture` is PNAG's sampling step as the paper defines it, which serving never calls: the
+budget's embedding is interpolated between its two neighbouring learned budgets, `candidates`
+architectures are sampled in one batch, their cost comes from the device's predictor, infeasible ones
+are dropped (a bounded number of resampling rounds if none is feasible; then the space's cheapest child,
+which the caller is told about), and the evaluator's score picks the best. The benchmarks use it as the
+per-request rule that serving is compared with (`benchmarks/frontier_methods.py`) and to judge trained
+policies (`benchmarks/ablations_fpnas.py`).
 """
 
 from __future__ import annotations

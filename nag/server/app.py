@@ -152,7 +152,7 @@ class RunningServer:
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         interceptors = [BearerTokenInterceptor(options.token, self.metrics)] if options.token else []
         # The largest child of the default space is ~3.4 MB; allow far beyond it. Clients must raise
-        # their receive limit above gRPC's 4 MB default for bigger spaces (see README).
+        # their receive limit above gRPC's 4 MB default for bigger spaces (see docs/serving.md, "Message size").
         self.max_message = 64 * 1024 * 1024
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=options.workers, thread_name_prefix="nag-rpc"),

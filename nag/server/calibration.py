@@ -1,7 +1,7 @@
 """On-line speed calibration: this machine's speed against each local device's profile.
 
-The latency predictor was fitted on the profile's measurements, but the machine drifts (23% slower in one
-goal run), and a pick that fits the budget at the profile's speed then misses it now. The server measures
+The latency predictor was fitted on the profile's measurements, but the machine drifts (docs/known-gaps.md,
+the frontier goal), and a pick that fits the budget at the profile's speed then misses it now. The server measures
 the profile's reference architectures at start and again when idle, and generates for `budget / speed`
 (speed = latency now / profiled; > 1: slower now). Idle re-calibration is bounded by a duty cycle: after a
 calibration that took t seconds, the next one waits at least t / duty_cycle.
