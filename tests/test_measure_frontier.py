@@ -60,6 +60,8 @@ def test_every_member_of_the_front_is_measured_and_the_bundle_stays_sealed(measu
     bundle = load_bundle(measured_bundle)  # the manifest was sealed again over the new file
     models = bundle.devices["quick"]
     front = serving_frontier(bundle, models)
+    # The stored frontier was materialized again from the new measurements: current, and what is served.
+    assert models.stored is not None and front.materialized
     assert result.members == len(front.entries) and result.measured == len(records)
     for entry in front.entries:
         assert entry.arch.arch_id in records

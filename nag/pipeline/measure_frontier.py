@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from nag.bundle.bundle import Bundle, load_bundle, write_manifest
+from nag.bundle.members import has_stored_frontier
 from nag.cost.device import DeviceError, contract_problems
 from nag.cost.measure import LatencyMeasurement
 from nag.cost.remote import AgentClient, add_agent_arguments, agent_from_args
 from nag.cost.speed import measure_against_profile
 from nag.cost.store import SERVING_MEASUREMENTS_FILE, device_dir, read_measurements, write_measurements
 from nag.errors import NagError
+from nag.pipeline.materialize_frontier import materialize
 from nag.policy.frontier import serving_frontier
 from nag.space.arch import smallest
 
@@ -109,6 +111,8 @@ def measure_frontier(root: str | Path, name: str, fresh: bool = False, max_round
     ratios = [e.cost / float(p) for e, p in zip(front.entries, predicted.predict(archs), strict=True)]
     result = FrontierMeasurement(name, len(front.entries), len(records), rounds, speed, max(ratios))
     _seal(bundle, result)
+    if has_stored_frontier(root, name):  # its members' costs changed: store the frontier they now make
+        materialize(root, [name])
     return result
 
 
