@@ -316,3 +316,22 @@ def test_the_server_verifies_a_pick_on_the_devices_agent(token_file: Path) -> No
     finally:
         server.stop(0, drain=0)
         board.stop()
+
+
+def test_an_agent_serving_tls_is_reached_over_tls_only(token_file: Path, tmp_path: Path,
+                                                        models: list[bytes]) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    board = Agent(token_file, "--tls-cert", str(cert), "--tls-key", str(key))
+    try:
+        address = board.address.replace("127.0.0.1", "localhost")
+        with AgentClient(address, TOKEN, root_certificates=cert.read_bytes()) as secure:
+            assert secure.fingerprint()["onnxruntime_version"]
+            assert secure.measure(models[:1], contract(rounds=2)).timings[0].median > 0
+        with AgentClient(board.address, TOKEN) as plain, pytest.raises(AgentError) as info:
+            plain.fingerprint()  # a plaintext client cannot talk to it
+        assert info.value.code == "UNAVAILABLE"
+    finally:
+        board.stop()
