@@ -142,6 +142,9 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
         req.verify_latency = True
     if args.apply_speed:
         req.apply_speed = True
+    cache = Path(args.model_cache) if args.model_cache else None
+    if cache is not None and cache.is_dir():  # models held already are not sent again
+        req.known_sha256.extend(sorted(p.stem for p in cache.glob("*.onnx") if len(p.stem) == 64))
     metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
     with channel(args.server, args.tls_ca) as ch:
         stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
@@ -150,7 +153,17 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
         except grpc.RpcError as exc:
             raise SystemExit(f"error: {exc.code().name}: {exc.details()}") from None
     t = r.timings
-    return GeneratedModel(r.onnx_model, r.onnx_sha256, r.architecture_json, r.architecture_id, r.device,
+    onnx = r.onnx_model
+    if cache is not None:
+        held = cache / f"{r.onnx_sha256}.onnx"
+        if r.model_omitted:
+            onnx = held.read_bytes()
+        else:  # renamed into place: a killed client never leaves half a model under its hash
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = held.with_suffix(".part")
+            partial.write_bytes(onnx)
+            partial.replace(held)
+    return GeneratedModel(onnx, r.onnx_sha256, r.architecture_json, r.architecture_id, r.device,
                           r.cost_unit, r.predicted_cost, r.target_budget, r.predicted_accuracy, r.macs, r.params,
                           {"sample": t.sample_ms, "choose": t.choose_ms, "slice": t.slice_ms,
                            "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached,
@@ -196,9 +209,9 @@ def run(args: argparse.Namespace) -> int:
     if args.candidates is not None and not 1 <= args.candidates <= MAX_CANDIDATES:
         print(f"error: --candidates must lie in [1, {MAX_CANDIDATES}], got {args.candidates}", file=sys.stderr)
         return 2
-    if args.local and (args.verify_latency or args.apply_speed):
-        print("error: --verify-latency and --apply-speed ask a server; --local answers from the bundle alone",
-              file=sys.stderr)
+    if args.local and (args.verify_latency or args.apply_speed or args.model_cache):
+        print("error: --verify-latency, --apply-speed and --model-cache are for a server; --local answers from the "
+              "bundle alone", file=sys.stderr)
         return 2
     if args.seed is not None or args.candidates is not None:
         print("note: --seed and --candidates are deprecated and change nothing: the answer is a function of the "
@@ -240,4 +253,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="ask the server to measure the pick on the device first, stepping down while it runs over")
     p.add_argument("--apply-speed", action="store_true",
                    help="ask the server to target budget / its measured speed (one started with --calibrate-speed)")
+    p.add_argument("--model-cache", help="a folder of models received before (<sha256>.onnx): the server does not "
+                                         "send one of them again; new ones are added")
     p.add_argument("--bundle", help="bundle for --local (default: $NAG_BUNDLE, else a checkout's bundles/default)")

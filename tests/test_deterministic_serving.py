@@ -135,3 +135,21 @@ def test_a_budget_in_the_devices_own_unit_is_the_same_request(server: RunningSer
                               pb.GenerateForBudgetRequest(macs=5e6))):
             a, b = stub.GenerateForBudget(own, timeout=60), stub.GenerateForBudget(classic, timeout=60)
             assert a.onnx_sha256 == b.onnx_sha256 and a.device == b.device
+
+
+def test_a_model_the_client_holds_is_not_sent_again(server: RunningServer, tmp_path: Path) -> None:
+    (first,) = _ask(server.port, [0.2])
+    (again,) = _ask(server.port, [0.2], known_sha256=[first.onnx_sha256, "0" * 64])
+    assert again.model_omitted and again.onnx_model == b"" and again.onnx_sha256 == first.onnx_sha256
+    assert again.architecture_id == first.architecture_id and again.frontier_member == first.frontier_member
+    (other,) = _ask(server.port, [0.45], known_sha256=[first.onnx_sha256])
+    assert not other.model_omitted and other.onnx_model and other.onnx_sha256 != first.onnx_sha256
+    # `nag generate --model-cache DIR` keeps what it received and is not sent it again.
+    cache, out = tmp_path / "models", tmp_path / "m.onnx"
+    for _ in range(2):
+        run = subprocess.run([sys.executable, "-m", "nag.cli", "generate", "--budget-ms", "0.2", "-o", str(out),
+                              "--server", f"127.0.0.1:{server.port}", "--model-cache", str(cache)],
+                             capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert run.returncode == 0, run.stderr
+        assert out.read_bytes() == first.onnx_model
+    assert [p.name for p in cache.iterdir()] == [f"{first.onnx_sha256}.onnx"]

@@ -47,6 +47,7 @@ GRAPH_FORM_MESSAGES = {form: message for message, form in GRAPH_FORMS.items()}
 # The proto's enum per device kind; a kind without a value of its own is listed as DEVICE_KIND_UNSPECIFIED.
 DEVICE_KINDS = {"onnxruntime": pb.DEVICE_KIND_ONNXRUNTIME, "flops": pb.DEVICE_KIND_FLOPS}
 SERVICE = pb.DESCRIPTOR.services_by_name["ArchitectureGeneratorService"]
+MAX_KNOWN_MODELS = 4096  # known_sha256 entries per request
 MAX_MESSAGE_CHARS = 1000  # status details travel in HTTP/2 headers: keep them far below gRPC's 8 KB limit
 
 
@@ -273,6 +274,9 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             device=request.device or None,
             candidates=request.candidates, seed=request.seed if request.HasField("seed") else None,
             default_candidates=self.config.default_candidates)
+        if len(request.known_sha256) > MAX_KNOWN_MODELS:
+            raise InvalidBudgetError(f"known_sha256 lists {len(request.known_sha256)} models; at most "
+                                     f"{MAX_KNOWN_MODELS}")
         policy = self.policy
         speed = self._speed_record(req.device)
         options = AnswerOptions(
@@ -294,7 +298,8 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         self.metrics.model_bytes.inc(len(exported.onnx))
         deprecated = [name for name, given in (("candidates", request.candidates != 0),
                                                ("seed", request.HasField("seed"))) if given]
-        return self._encoded_model(exported) + pb.GenerateForBudgetResponse(
+        omitted = exported.sha256 in request.known_sha256
+        return (b"" if omitted else self._encoded_model(exported)) + pb.GenerateForBudgetResponse(
             onnx_sha256=exported.sha256, architecture=architecture_message(g.arch),
             architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=policy.input_shape,
             device=g.device, cost_unit=g.unit, predicted_cost=g.predicted_cost, target_budget=g.target,
@@ -310,6 +315,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             device_speed=answer.speed, speed_applied=answer.speed_applied, verification_steps=answer.steps,
             frontier_member=answer.member, model_kind=exported.metadata.get("nag.model_kind", ""),
             bn_statistics=exported.metadata.get("nag.bn_statistics", ""), deprecated_fields=deprecated,
+            model_omitted=omitted,
         ).SerializeToString()
 
     def ListDevices(self, request: pb.ListDevicesRequest, context: grpc.ServicerContext) -> pb.ListDevicesResponse:
