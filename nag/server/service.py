@@ -1,4 +1,5 @@
-"""The ArchitectureGeneratorService servicer: validation, generation, the model cache and metrics."""
+"""The ArchitectureGeneratorService servicer: the gRPC side (admission, status codes, the compute slot, metrics,
+the encoded reply); what to answer is the serving policy's (`nag.policy.answer`)."""
 
 from __future__ import annotations
 
@@ -295,10 +296,10 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
         (self.metrics.cache_hits if answer.cached else self.metrics.cache_misses).inc()
         self.metrics.cache_bytes.set(policy.exported_bytes)
         g, exported, t = answer.generated, answer.model, answer.timings
-        self.metrics.model_bytes.inc(len(exported.onnx))
+        omitted = exported.sha256 in request.known_sha256
+        self.metrics.model_bytes.inc(0 if omitted else len(exported.onnx))
         deprecated = [name for name, given in (("candidates", request.candidates != 0),
                                                ("seed", request.HasField("seed"))) if given]
-        omitted = exported.sha256 in request.known_sha256
         return (b"" if omitted else self._encoded_model(exported)) + pb.GenerateForBudgetResponse(
             onnx_sha256=exported.sha256, architecture=architecture_message(g.arch),
             architecture_json=g.arch.to_json(), architecture_id=g.arch.arch_id, input_shape=policy.input_shape,
