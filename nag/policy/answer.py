@@ -1,7 +1,8 @@
 """Serving policy: a budget request in, the model to return out, whatever the transport.
 
 The answer is a function of (bundle, device, budget, graph form) by default: the pick is the best member
-of the device's serving frontier within the budget (`nag.policy.inference.pick_member`), and each member's
+of the device's serving frontier within the budget (as `nag.policy.inference.pick_member` picks it; here a
+lookup, each member's request-independent part made once), and each member's
 ONNX model is exported once, with the BN statistics the bundle stores for it, and kept for (device, member,
 form). Two things make an answer depend on this host, and only when asked for, and the answer says so:
 
