@@ -29,7 +29,7 @@ from nag.errors import NagError
 from nag.export import GraphForm
 from nag.policy.cache import ByteLRU
 from nag.policy.frontier import serving_frontier
-from nag.policy.inference import Generated, member_pick, target_budget
+from nag.policy.inference import Generated, member_pick, member_within
 from nag.policy.materialize import ExportedModel, export_child
 from nag.policy.request import BudgetRequest
 
@@ -101,6 +101,7 @@ class ServingPolicy:
         # Models exported by `warm` stay; any other (another form, the space's cheapest child) is kept in
         # an LRU of `cache_bytes`.
         self._pinned: dict[str, ExportedModel] = {}
+        self._pinned_bytes = 0
         self._cache: ByteLRU[ExportedModel] = ByteLRU(cache_bytes)
         self._measured: dict[tuple[str, str], tuple[float, float]] = {}  # (device, sha256) -> (ms, when)
         self._members: dict[tuple[str, int], Generated] = {}  # the request-independent part of a pick
@@ -147,6 +148,7 @@ class ServingPolicy:
             if pin:
                 with self._lock:
                     self._pinned[key] = exported
+                    self._pinned_bytes += len(exported.onnx)
             else:
                 self._cache.put(key, exported, len(exported.onnx))
         return exported, False
@@ -177,7 +179,7 @@ class ServingPolicy:
 
     @property
     def exported_bytes(self) -> int:
-        return sum(len(m.onnx) for m in self._pinned.values()) + self._cache.bytes
+        return self._pinned_bytes + self._cache.bytes
 
     @property
     def largest_model(self) -> int:
@@ -215,8 +217,7 @@ class ServingPolicy:
         applied = rounded_speed(speed) if options.use_speed and speed is not None else 1.0
         # The predictor speaks the profile's speed: a host `applied` times slower needs `budget / applied`.
         budget = max(req.budget / applied, req.models.min_cost)
-        target = target_budget(budget, req.models)
-        member = serving_frontier(self.bundle, req.models).index_within(target)
+        target, member = member_within(self.bundle, req.models, budget)
         seed = 0 if req.seed is None else int(req.seed)
         g = self.pick(req.models, member, budget, target, seed)
         chosen = time.perf_counter()

@@ -215,13 +215,19 @@ def pick_member(bundle: Bundle, models: DeviceModels, budget: float, seed: int |
     """The pick for a validated `budget` and its index on the device's serving frontier (-1: the space's
     cheapest child, below every member). A function of (bundle, device, budget, margin) alone: `seed` is
     only reported back (0 when not given)."""
-    target = target_budget(budget, models, margin)
     started = time.perf_counter()
-    frontier = serving_frontier(bundle, models)  # the bundle's materialized one, or built on first use
-    built = time.perf_counter()
-    index = frontier.index_within(target)
+    target, index = member_within(bundle, models, budget, margin)
     return member_pick(bundle, models, index, budget, target, 0 if seed is None else int(seed),
-                       {"sample": built - started}), index
+                       {"sample": time.perf_counter() - started}), index
+
+
+def member_within(bundle: Bundle, models: DeviceModels, budget: float, margin: float | None = None
+                  ) -> tuple[float, int]:
+    """The target for a validated `budget` (`target_budget`) and the index of the device's serving-frontier
+    member picked for it: the best one within the target (-1: none, the space's cheapest child)."""
+    target = target_budget(budget, models, margin)
+    # The bundle's materialized frontier, or one built on first use.
+    return target, serving_frontier(bundle, models).index_within(target)
 
 
 @torch.no_grad()
