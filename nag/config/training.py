@@ -66,6 +66,9 @@ class SupernetTrainConfig:
     attentive_predictor: str | None = None
     train_mode: str = "sandwich"
     fixed_arch: str | None = None  # the architecture's JSON, for train_mode "fixed"
+    # With train_mode "fixed": start the child from its slice of this trained supernet (a supernet.pt) and
+    # distil from that supernet's biggest child, frozen, with the labels at `student_label_weight`.
+    specialise_from: str | None = None
     crop_pad: int = 1
     flip: bool = True
     val_size: int = 5000
@@ -93,6 +96,8 @@ class SupernetTrainConfig:
             problems.append(f"train_mode must be one of {list(TRAIN_MODES)}")
         if (self.train_mode == "fixed") != (self.fixed_arch is not None):
             problems.append("train_mode 'fixed' needs fixed_arch (an architecture's JSON), and only it takes one")
+        if self.specialise_from is not None and self.train_mode != "fixed":
+            problems.append("specialise_from fine-tunes one child: it needs train_mode 'fixed'")
         if self.num_middle_children < 0 or self.crop_pad < 0:
             problems.append("num_middle_children and crop_pad must be >= 0")
         if not 0 <= self.uniform_middle_children <= self.num_middle_children:

@@ -20,17 +20,22 @@ from nag.supernet.static import calibrate_bn, child
 def onnx_predictions(model: bytes, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
     """Predicted class of every image of `data` by the serialised ONNX `model` in ONNX Runtime (as many
     threads as PyTorch uses)."""
+    return onnx_logits(model, data, batch_size).argmax(1)
+
+
+def onnx_logits(model: bytes, data: ImageSet, batch_size: int = 1000) -> np.ndarray:
+    """Logits [N, classes] of every image of `data` by the serialised ONNX `model` in ONNX Runtime."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    out = [np.zeros(0, dtype=np.int64)]
+    out = []
     for start in range(0, len(data), batch_size):
         images = data.as_float(slice(start, start + batch_size)).numpy()
-        out.append(session.run(None, {INPUT_NAME: images})[0].argmax(1))
-    return np.concatenate(out)
+        out.append(session.run(None, {INPUT_NAME: images})[0])
+    return np.concatenate(out) if out else np.zeros((0, 0), dtype=np.float32)
 
 
 def child_correct(supernet: Supernet, arch: Architecture, calibration: torch.Tensor, data: ImageSet,

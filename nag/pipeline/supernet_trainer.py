@@ -29,9 +29,11 @@ from nag.recipe.sandwich import (
     uniform_middle,
 )
 from nag.recipe.schedule import floor_start, lr_at
+from nag.recipe.specialise import SpecialiseObjective, teacher_probabilities
 from nag.recipe.stratified import StratifiedSampler
 from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
 from nag.space.space import SearchSpace
+from nag.supernet.io import load_supernet
 from nag.supernet.model import Supernet
 
 log = logging.getLogger("nag.recipe")
@@ -65,9 +67,11 @@ class SupernetTrainer:
         self.supernet = Supernet(self.space, size_transforms=cfg.size_transform).to(self.device)
         for matrix in self.supernet.kernel_transforms():
             matrix.requires_grad_(cfg.kernel_transform)
-        self.objective = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay,
-                                           cfg.middle_slices, cfg.student_label_weight,
-                                           cfg.distill_temperature)
+        self.objective: torch.nn.Module = SandwichObjective(self.supernet, cfg.label_smoothing, cfg.weight_decay,
+                                                            cfg.middle_slices, cfg.student_label_weight,
+                                                            cfg.distill_temperature)
+        if cfg.specialise_from is not None:
+            self.objective = self._specialising(cfg.specialise_from)
         # A step whose children all run a layer at its largest kernel (or at no resolution that has matrices
         # of its own) leaves that layer's matrices without a gradient, which DDP must be told to expect.
         self.model: torch.nn.Module = (
@@ -101,6 +105,22 @@ class SupernetTrainer:
             self.fixed_child = (name, (biggest if name == "biggest" else smallest)(self.space))
         self.children_seen: list[list[str]] = []  # arch ids per step of this run (for replica checks)
 
+    def _specialising(self, path: str) -> SpecialiseObjective:
+        """Start from the weights of the supernet at `path`; its biggest child's predictions on the training
+        images are the teacher's."""
+        teacher = load_supernet(path)
+        if teacher.supernet.space != self.space:
+            raise NagError(f"{path} was trained on another search space than this run's")
+        try:
+            self.supernet.load_state_dict(teacher.supernet.state_dict())
+        except RuntimeError as exc:
+            raise NagError(f"{path}: its weights do not fit this run's supernet (size transforms?): {exc}") from None
+        probs = teacher_probabilities(teacher.supernet, teacher.calibration_float, self.train,
+                                      self.cfg.distill_temperature)
+        log.info("specialising from %s: the child starts from its slice; the teacher is its biggest child", path)
+        return SpecialiseObjective(self.supernet, probs, self.cfg.label_smoothing, self.cfg.weight_decay,
+                                   self.cfg.student_label_weight, self.cfg.distill_temperature)
+
     # -- checkpoints ----------------------------------------------------------------------------
     @property
     def checkpoint_path(self) -> Path:
@@ -127,11 +147,15 @@ class SupernetTrainer:
         log.info("resumed from %s at step %d", self.checkpoint_path, self.step)
 
     # -- one step -------------------------------------------------------------------------------
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch_index(self, step: int) -> torch.Tensor:
+        """Indices into the training images of this step's batch on this rank."""
         epoch, within = divmod(step, self.steps_per_epoch)
         order = epoch_order(self.cfg, epoch, len(self.train))
         start = (within * self.dist.world + self.dist.rank) * self.cfg.batch_size
-        index = order[start : start + self.cfg.batch_size]
+        return order[start : start + self.cfg.batch_size]
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        index = self.batch_index(step)
         gen = torch.Generator().manual_seed(step_seed(self.cfg, step, 0) * 64 + self.dist.rank)
         images = random_crop_flip(self.train.images[index], self.cfg.crop_pad, self.cfg.flip, gen)
         labels = self.train.labels[index]
@@ -170,7 +194,8 @@ class SupernetTrainer:
             group["lr"] = lr
         self.supernet.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.model(images, labels, children)
+        extra = (self.batch_index(self.step),) if isinstance(self.objective, SpecialiseObjective) else ()
+        loss = self.model(images, labels, children, *extra)
         loss.backward()
         self.optimizer.step()
         if self.average_from is not None and self.step >= self.average_from:

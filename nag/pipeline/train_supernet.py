@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="sandwich (BigNAS) or one fixed child trained alone (baseline)")
     p.add_argument("--arch", help="train this one child alone (the standalone baseline): biggest, smallest, "
                                   "an architecture's JSON or a .json file holding it")
+    p.add_argument("--specialise-from", help="with --arch: fine-tune the child from its slice of this supernet.pt, "
+                   "distilling from that supernet's biggest child")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--warmup-steps", type=int, help="steps of linear LR warm-up")
     p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
                    help="OFA's elastic kernel: learned transforms for the smaller depthwise kernels")
     p.add_argument("--size-transform", action=argparse.BooleanOptionalAction, default=None,
@@ -90,12 +94,15 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
                                                resolution_corners=args.resolution_corners,
                                                middle_slices=args.middle_slices,
                                                student_label_weight=args.student_label_weight,
-                                               distill_temperature=args.distill_temperature)
+                                               distill_temperature=args.distill_temperature,
+                                               lr=args.lr, warmup_steps=args.warmup_steps)
     if args.arch is not None:
         if args.train_mode not in (None, "fixed"):
             raise NagError(f"--arch trains one fixed child; it does not combine with --train-mode {args.train_mode}")
         arch = resolve_arch(args.arch, load_space(cfg.space_path))
-        cfg = cfg.with_overrides(train_mode="fixed", fixed_arch=arch.to_json())
+        cfg = cfg.with_overrides(train_mode="fixed", fixed_arch=arch.to_json(), specialise_from=args.specialise_from)
+    elif args.specialise_from is not None:
+        raise NagError("--specialise-from fine-tunes one child: give it with --arch")
     if args.data_kind or args.data_root:
         base = cfg.data
         cfg = cfg.with_overrides(data=DataSource(args.data_kind or base.kind, args.data_root or base.root))
