@@ -462,3 +462,53 @@ def test_students_can_see_the_labels_and_softer_targets(space, perturbed_superne
     assert torch.allclose(loss_of(student_label_weight=0.5), half, atol=1e-5)
     with pytest.raises(NagError, match="student_label_weight"):
         profile("tiny").with_overrides(student_label_weight=1.5)
+
+
+def test_a_specialised_child_starts_from_its_slice_learns_from_the_biggest_and_resumes(tmp_path: Path) -> None:
+    """`--specialise-from S` with `--arch`: the run starts from S's weights, its teacher's targets are S's
+    biggest child (BN calibrated) on the training images, and a resumed run continues bit for bit."""
+    import torch.nn.functional as F
+
+    from nag.pipeline.train_supernet import main
+    from nag.space import biggest, smallest
+    from nag.supernet.static import child
+
+    assert main(["--profile", "tiny", "--out", str(tmp_path / "teacher")]) == 0
+    source = tmp_path / "teacher" / "supernet.pt"
+    teacher = load_supernet(source)
+    cfg = profile("tiny").with_overrides(train_mode="fixed", fixed_arch=smallest(teacher.supernet.space).to_json(),
+                                         specialise_from=str(source), student_label_weight=0.5)
+    trainer = SupernetTrainer(cfg, tmp_path / "straight", Distributed())
+    expected = teacher.supernet.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in trainer.supernet.state_dict().items())
+    probs = trainer.objective.teacher_probs
+    assert probs.shape == (len(trainer.train), teacher.supernet.space.num_classes)
+    big = child(teacher.supernet, biggest(teacher.supernet.space), teacher.calibration_float).eval()
+    with torch.no_grad():
+        torch_probs = F.softmax(big(trainer.train.as_float(slice(0, 64))), dim=1)
+    torch.testing.assert_close(probs[:64], torch_probs, rtol=1e-3, atol=1e-4)
+
+    for _ in range(3):
+        trainer.train_step()
+    first = SupernetTrainer(cfg, tmp_path / "resumed", Distributed())
+    first.train_step()
+    first.out.mkdir(parents=True)
+    first.save_checkpoint()
+    resumed = SupernetTrainer(cfg, tmp_path / "resumed", Distributed())
+    resumed.load_checkpoint()
+    resumed.train_step()
+    resumed.train_step()
+    got, want = resumed.supernet.state_dict(), trainer.supernet.state_dict()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert any(not torch.equal(want[k], expected[k]) for k in want)  # it did train
+
+
+def test_specialise_from_needs_one_child_and_the_same_space(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from nag.pipeline.train_supernet import main
+
+    assert main(["--profile", "tiny", "--out", str(tmp_path / "a"), "--specialise-from", "x.pt"]) == 2
+    assert main(["--profile", "tiny", "--out", str(tmp_path / "b"), "--arch", "smallest",
+                 "--specialise-from", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "--specialise-from fine-tunes one child" in err and "missing.pt" in err and "Traceback" not in err
