@@ -22,11 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.results_io import machine, markdown_table, spearman, write_results
-from benchmarks.training_runs import TrainingRun, finished, run_all
 from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_SUMMARY_FILE, load_bundle
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export.evaluate import child_correct
+from nag.pipeline.training_runs import TrainingRun, finished, run_all
 from nag.policy.inference import generate, resolve_device
 from nag.space import Architecture, SearchSpace, biggest, count_macs, sample_uniform, smallest
 from nag.supernet.io import load_supernet

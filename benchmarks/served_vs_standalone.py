@@ -30,12 +30,12 @@ from benchmarks.deterministic_serving import Server
 from benchmarks.recipe_study import paired_difference
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
 from benchmarks.supernet_vs_standalone import run_name
-from benchmarks.training_runs import TrainingRun, run_all
 from nag.bundle.bundle import SUPERNET_FILE, load_bundle
 from nag.client import channel
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export.evaluate import child_correct, onnx_predictions
+from nag.pipeline.training_runs import TrainingRun, run_all
 from nag.policy.frontier import serving_frontier
 from nag.space import Architecture, count_macs
 from nag.supernet.io import load_supernet

@@ -22,11 +22,11 @@ import numpy as np
 
 from benchmarks.recipe_study import paired_difference
 from benchmarks.results_io import RESULTS, machine, markdown_table, write_results
-from benchmarks.training_runs import TrainingRun, run_all
 from nag.bundle.bundle import SUPERNET_FILE
 from nag.data import DataSource, load_test_set
 from nag.errors import NagError
 from nag.export.evaluate import child_correct
+from nag.pipeline.training_runs import TrainingRun, run_all
 from nag.space import Architecture
 from nag.supernet.io import load_supernet
 

@@ -106,3 +106,12 @@ def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> None:
     """Atomically write one JSON object per line, keys sorted."""
     text = "".join(json.dumps(record, sort_keys=True) + "\n" for record in records)
     atomic_write_bytes(Path(path), text.encode())
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -68,6 +68,8 @@ class GeneratedModel:
     timings_ms: dict[str, float]
     cached: bool
     notes: str = ""  # what the server did on request: verification, speed
+    model_kind: str = "slice"  # or "specialised" (fine-tuned from its slice; see `specialised_from`)
+    specialised_from: str = ""
 
 
 def channel(address: str, tls_ca: Path | None = None, retries: bool = True):  # type: ignore[no-untyped-def]
@@ -167,7 +169,7 @@ def request_remote(args: argparse.Namespace) -> GeneratedModel:
                           r.cost_unit, r.predicted_cost, r.target_budget, r.predicted_accuracy, r.macs, r.params,
                           {"sample": t.sample_ms, "choose": t.choose_ms, "slice": t.slice_ms,
                            "calibrate": t.calibrate_ms, "export": t.export_ms, "total": t.total_ms}, r.cached,
-                          _notes(r))
+                          _notes(r), r.model_kind or "slice", r.specialised_from)
 
 
 def _notes(r) -> str:  # type: ignore[no-untyped-def]
@@ -196,7 +198,9 @@ def request_local(args: argparse.Namespace) -> GeneratedModel:
     timings = {k: 1e3 * v for k, v in answer.timings.items() if k != "total"}
     timings["total"] = 1e3 * (time.perf_counter() - started)
     return GeneratedModel(exported.onnx, exported.sha256, g.arch.to_json(), g.arch.arch_id, g.device, g.unit,
-                          g.predicted_cost, g.target, g.predicted_accuracy, g.macs, g.params, timings, False)
+                          g.predicted_cost, g.target, g.predicted_accuracy, g.macs, g.params, timings, False, "",
+                          exported.metadata.get("nag.model_kind", "slice"),
+                          exported.metadata.get("nag.specialised_from", ""))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,6 +235,8 @@ def run(args: argparse.Namespace) -> int:
           + (" (cached)" if model.cached else ""))
     if model.notes:
         print(model.notes)
+    if model.model_kind == "specialised":
+        print(f"specialised: fine-tuned from the {model.specialised_from}")
     print(f"wrote {out} ({len(model.onnx) / 1e3:.0f} kB, sha256 {model.sha256[:16]}...)")
     return 0
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.recipe_study import VARIANTS, paired_difference, study_runs
-from benchmarks.training_runs import TrainingRun, finished, run_all
+from nag.pipeline.training_runs import TrainingRun, finished, run_all
 
 
 def test_a_run_stopped_at_the_deadline_resumes_and_finished_runs_are_reused(tmp_path: Path) -> None:

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nag.artifacts import atomic_write_bytes, load_artifact, save_artifact
+from nag.artifacts import atomic_write_bytes, file_sha256, load_artifact, save_artifact
 from nag.bundle.members import StoredFrontier, frontier_inputs, has_stored_frontier, read_stored_frontier
+from nag.bundle.specialised import SPECIALISED_FILE, SpecialisedChild, current_specialised
 from nag.config import PipelineConfig
 from nag.cost.store import Device, device_dir, list_devices, load_device
 from nag.errors import CheckpointError, NagError
@@ -73,11 +74,7 @@ def bundle_or_default(bundle: str | Path | None) -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def save_evaluator(path: Path, model: Evaluator, in_dim: int, hidden: int, budget_dim: int,
@@ -230,6 +227,8 @@ class Bundle:
     trained: TrainedSupernet
     accuracy: AccuracyPredictor
     devices: dict[str, DeviceModels]
+    # Children served with weights of their own instead of their slices (`nag.bundle.specialised`), by arch_id.
+    specialised: dict[str, SpecialisedChild] = field(default_factory=dict)
 
     @property
     def bundle_id(self) -> str:
@@ -305,4 +304,6 @@ def load_bundle(root: str | Path, verify: bool = True, unsealed: Collection[str]
             min_cost = float(device.predict([smallest(space)])[0])
         devices[name] = DeviceModels(device, evaluator, generator, min_cost, _stored_frontier(root, manifest, name,
                                                                                               space))
-    return Bundle(root, manifest, space, trained, accuracy, devices)
+    with _reading(root, SPECIALISED_FILE):
+        specialised = current_specialised(root, manifest["files"], space)
+    return Bundle(root, manifest, space, trained, accuracy, devices, specialised)

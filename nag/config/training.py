@@ -69,6 +69,9 @@ class SupernetTrainConfig:
     # With train_mode "fixed": start the child from its slice of this trained supernet (a supernet.pt) and
     # distil from that supernet's biggest child, frozen, with the labels at `student_label_weight`.
     specialise_from: str | None = None
+    # A file that keeps the teacher's predictions on the training images between specialisation runs from the
+    # same supernet (computed and written by the first, checked against the supernet and data by the others).
+    teacher_targets: str | None = None
     crop_pad: int = 1
     flip: bool = True
     val_size: int = 5000
@@ -98,6 +101,8 @@ class SupernetTrainConfig:
             problems.append("train_mode 'fixed' needs fixed_arch (an architecture's JSON), and only it takes one")
         if self.specialise_from is not None and self.train_mode != "fixed":
             problems.append("specialise_from fine-tunes one child: it needs train_mode 'fixed'")
+        if self.teacher_targets is not None and self.specialise_from is None:
+            problems.append("teacher_targets keeps a specialisation's teacher predictions: it needs specialise_from")
         if self.num_middle_children < 0 or self.crop_pad < 0:
             problems.append("num_middle_children and crop_pad must be >= 0")
         if not 0 <= self.uniform_middle_children <= self.num_middle_children:

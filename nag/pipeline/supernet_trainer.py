@@ -29,7 +29,7 @@ from nag.recipe.sandwich import (
     uniform_middle,
 )
 from nag.recipe.schedule import floor_start, lr_at
-from nag.recipe.specialise import SpecialiseObjective, teacher_probabilities
+from nag.recipe.specialise import SpecialiseObjective, cached_teacher_probabilities
 from nag.recipe.stratified import StratifiedSampler
 from nag.space import Architecture, biggest, load_space, resolve_arch, smallest
 from nag.space.space import SearchSpace
@@ -115,8 +115,7 @@ class SupernetTrainer:
             self.supernet.load_state_dict(teacher.supernet.state_dict())
         except RuntimeError as exc:
             raise NagError(f"{path}: its weights do not fit this run's supernet (size transforms?): {exc}") from None
-        probs = teacher_probabilities(teacher.supernet, teacher.calibration_float, self.train,
-                                      self.cfg.distill_temperature)
+        probs = cached_teacher_probabilities(teacher, path, self.cfg, self.train)
         log.info("specialising from %s: the child starts from its slice; the teacher is its biggest child", path)
         return SpecialiseObjective(self.supernet, probs, self.cfg.label_smoothing, self.cfg.weight_decay,
                                    self.cfg.student_label_weight, self.cfg.distill_temperature)

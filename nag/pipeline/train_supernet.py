@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                   "an architecture's JSON or a .json file holding it")
     p.add_argument("--specialise-from", help="with --arch: fine-tune the child from its slice of this supernet.pt, "
                    "distilling from that supernet's biggest child")
+    p.add_argument("--teacher-targets", help="with --specialise-from: a file that keeps the teacher's predictions "
+                   "between runs from the same supernet")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--warmup-steps", type=int, help="steps of linear LR warm-up")
     p.add_argument("--kernel-transform", action=argparse.BooleanOptionalAction, default=None,
@@ -100,7 +102,8 @@ def build_config(args: argparse.Namespace) -> SupernetTrainConfig:
         if args.train_mode not in (None, "fixed"):
             raise NagError(f"--arch trains one fixed child; it does not combine with --train-mode {args.train_mode}")
         arch = resolve_arch(args.arch, load_space(cfg.space_path))
-        cfg = cfg.with_overrides(train_mode="fixed", fixed_arch=arch.to_json(), specialise_from=args.specialise_from)
+        cfg = cfg.with_overrides(train_mode="fixed", fixed_arch=arch.to_json(), specialise_from=args.specialise_from,
+                                 teacher_targets=args.teacher_targets)
     elif args.specialise_from is not None:
         raise NagError("--specialise-from fine-tunes one child: give it with --arch")
     if args.data_kind or args.data_root:

@@ -13,11 +13,20 @@ from torch import nn
 
 from nag.bundle.bundle import Bundle
 from nag.bundle.members import BnStats, bn_stats_of
+from nag.bundle.specialised import SpecialisedChild
 from nag.config import SERVING_CALIBRATION_IMAGES
 from nag.errors import NagError
 from nag.export import GraphForm, build_onnx
 from nag.space.arch import Architecture
 from nag.supernet.static import calibrate_bn, extract_child
+
+
+def specialised_metadata(child: SpecialisedChild) -> dict[str, str]:
+    """What a specialised child's model says about itself: its kind, the slice it was fine-tuned from and
+    where its BN statistics come from."""
+    return {"nag.model_kind": "specialised",
+            "nag.specialised_from": f"slice {child.arch.arch_id} of supernet sha256:{child.info['from_supernet']}",
+            "nag.bn_statistics": f"specialised:{child.info['calibration_images']}"}
 
 
 @dataclass(frozen=True)
@@ -64,12 +73,16 @@ def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = S
     """Slice `arch` out of the bundle's supernet, set its BN statistics (`bn`, stored with the bundle's
     materialized frontier; else re-calibrated on the bundle's first `calibration_images` calibration images,
     one batch) and build its ONNX model directly, in graph `form` (see `GraphForm`), with `metadata` added
-    to its metadata_props."""
+    to its metadata_props. A child the bundle holds specialised weights for gets those (and their BN
+    statistics) instead, and its metadata says so (`nag.model_kind` "specialised", `nag.specialised_from`)."""
     started = time.perf_counter()
     with torch.no_grad():
         static = extract_child(bundle.trained.supernet, arch)
     sliced = time.perf_counter()
-    if bn is not None:
+    specialised = bundle.specialised.get(arch.arch_id)
+    if specialised is not None:
+        static.load_state_dict(specialised.state_dict())
+    elif bn is not None:
         load_bn_stats(static, bn)
     else:
         images = bundle.trained.calibration_images[:calibration_images].float().div_(255.0)
@@ -79,6 +92,8 @@ def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = S
     if bundle.classes:
         meta["nag.classes"] = json.dumps(bundle.classes)
     meta.update(metadata or {})
+    if specialised is not None:
+        meta.update(specialised_metadata(specialised))
     model = build_onnx(static, meta, form)
     if check:
         import onnx

@@ -8,19 +8,54 @@ augmentation (a 1-pixel crop and a flip) barely moves its predictions."""
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nag.artifacts import file_sha256, load_artifact, save_artifact
+from nag.config import SupernetTrainConfig
 from nag.data.datasets import ImageSet
+from nag.errors import NagError
 from nag.export import build_onnx
 from nag.export.evaluate import onnx_logits
 from nag.recipe.sandwich import soft_cross_entropy
 from nag.space.arch import Architecture, biggest
+from nag.supernet.io import TrainedSupernet
 from nag.supernet.layers import is_kernel_matrix
 from nag.supernet.model import Supernet
 from nag.supernet.static import child
+
+log = logging.getLogger("nag.recipe")
+
+
+def cached_teacher_probabilities(teacher: TrainedSupernet, path: str | Path, cfg: SupernetTrainConfig,
+                                 train: ImageSet) -> torch.Tensor:
+    """`teacher_probabilities` of the supernet at `path` on `train`, read from `cfg.teacher_targets` when that
+    file holds them for the same supernet file, training images and temperature, else computed (and written
+    there)."""
+    key = json.dumps({"supernet_sha256": file_sha256(Path(path)), "data": cfg.to_dict()["data"],
+                      "val_size": cfg.val_size, "seed": cfg.seed, "train_subset": cfg.train_subset,
+                      "images": len(train), "temperature": cfg.distill_temperature}, sort_keys=True)
+    cache = Path(cfg.teacher_targets) if cfg.teacher_targets else None
+    if cache is not None and cache.is_file():
+        try:
+            saved = load_artifact(cache, "teacher targets")
+        except NagError as exc:
+            log.warning("teacher targets %s are unreadable (%s); computing them again", cache, exc)
+        else:
+            if saved.get("key") == key:
+                log.info("teacher targets read from %s", cache)
+                return saved["probs"]
+            log.info("teacher targets in %s are for another supernet or data; computing them again", cache)
+    probs = teacher_probabilities(teacher.supernet, teacher.calibration_float, train, cfg.distill_temperature)
+    if cache is not None:
+        save_artifact(cache, {"kind": "teacher_targets", "key": key, "probs": probs})
+    return probs
 
 
 def teacher_probabilities(teacher: Supernet, calibration: torch.Tensor, images: ImageSet,

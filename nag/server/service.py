@@ -316,6 +316,7 @@ class GeneratorService(pb_grpc.ArchitectureGeneratorServiceServicer):
             device_speed=answer.speed, speed_applied=answer.speed_applied, verification_steps=answer.steps,
             frontier_member=answer.member, model_kind=exported.metadata.get("nag.model_kind", ""),
             bn_statistics=exported.metadata.get("nag.bn_statistics", ""), deprecated_fields=deprecated,
+            specialised_from=exported.metadata.get("nag.specialised_from", ""),
             model_omitted=omitted,
         ).SerializeToString()
 

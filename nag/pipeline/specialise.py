@@ -1,0 +1,165 @@
+"""Specialise the cheap end of every device's serving frontier: fine-tune each member from its slice.
+
+    python -m nag.pipeline.specialise --bundle bundles/default [--epochs 2] [--share 0.3333]
+
+Members costing at most `share` of the way from a device's cheapest to its best member (the cheapest
+third by default) are fine-tuned by `nag.pipeline.train_supernet --arch A --specialise-from supernet.pt`:
+from their slices, distilling from the supernet's biggest child with the labels, `parallel` runs at a time
+(one thread each), resumable (finished runs in `--work` are kept; the teacher's predictions are computed
+once). Each is then BN-calibrated on all of the bundle's calibration images and kept only where it beats
+its slice on the validation split. The kept children go into `specialised.{json,npz}` and the manifest is
+sealed again; the server sends them in place of their slices, and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nag.bundle.bundle import SUPERNET_FILE, Bundle, load_bundle, write_manifest
+from nag.bundle.specialised import SpecialisedChild, SpecialisedSet, specialised_inputs, write_specialised
+from nag.config import SupernetTrainConfig
+from nag.data import load_splits
+from nag.errors import NagError
+from nag.export import build_onnx
+from nag.export.evaluate import onnx_predictions
+from nag.pipeline.training_runs import TrainingRun, run_all
+from nag.policy.frontier import serving_frontier
+from nag.policy.materialize import load_bn_stats
+from nag.space.arch import Architecture
+from nag.supernet.io import load_supernet
+from nag.supernet.static import calibrate_bn, extract_child
+
+log = logging.getLogger("specialise")
+DEFAULT_EPOCHS = 2
+DEFAULT_LR = 0.05
+DEFAULT_WARMUP_STEPS = 50
+DEFAULT_SHARE = 1 / 3
+BN_BATCH = 250
+
+
+def cheap_members(bundle: Bundle, share: float = DEFAULT_SHARE) -> list[Architecture]:
+    """The serving-frontier members of every device within `share` of its range from the cheapest, by
+    architecture (once each), cheapest first."""
+    chosen: dict[str, tuple[float, Architecture]] = {}
+    for _, models in sorted(bundle.devices.items()):
+        entries = serving_frontier(bundle, models).entries
+        lo, hi = entries[0].cost, entries[-1].cost
+        for i, e in enumerate(entries):
+            fraction = (e.cost - lo) / (hi - lo) if hi > lo else 0.0
+            if fraction <= share:
+                chosen.setdefault(e.arch.arch_id, (fraction + i * 1e-9, e.arch))
+    return [arch for _, arch in sorted(chosen.values(), key=lambda item: item[0])]
+
+
+def slice_bn(bundle: Bundle, arch: Architecture) -> dict | None:
+    """The BN statistics a device's stored frontier holds for `arch`, if any."""
+    for models in bundle.devices.values():
+        for e in serving_frontier(bundle, models).entries:
+            if e.arch.arch_id == arch.arch_id and e.bn is not None:
+                return e.bn
+    return None
+
+
+def val_accuracy(model: torch.nn.Module, val: object) -> float:
+    predictions = onnx_predictions(build_onnx(model).SerializeToString(), val)  # type: ignore[arg-type]
+    return 100.0 * float((predictions == val.labels.numpy()).mean())  # type: ignore[attr-defined]
+
+
+def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
+               warmup_steps: int = DEFAULT_WARMUP_STEPS, share: float = DEFAULT_SHARE, work: Path | None = None,
+               parallel: int = 2, threads: int = 1, device: str = "cpu") -> SpecialisedSet:
+    """Fine-tune the cheap members of `root`'s serving frontiers, keep those that beat their slices on the
+    validation split, store them in the bundle and seal its manifest again."""
+    started = time.perf_counter()
+    bundle = load_bundle(root)
+    cfg = SupernetTrainConfig.from_dict(bundle.trained.meta.get("config", {}))
+    archs = cheap_members(bundle, share)
+    work = work or bundle.root.parent / f".{bundle.root.name}-specialise"
+    supernet = (bundle.root / SUPERNET_FILE).resolve()
+    log.info("specialising %d cheap members (within %.0f%% of each device's range) for %d epochs in %s",
+             len(archs), 100 * share, epochs, work)
+    args = ("--profile", cfg.profile, "--epochs", str(epochs), "--lr", str(lr), "--warmup-steps", str(warmup_steps),
+            "--specialise-from", str(supernet), "--teacher-targets", str(work.resolve() / "teacher_targets.pt"))
+    data = ("--data-kind", cfg.data.kind, "--data-root", cfg.data.root)
+    runs = {a.arch_id: TrainingRun(f"{a.arch_id}-e{epochs}", (*args, "--arch", a.to_json())) for a in archs}
+    # The first run computes the teacher's predictions that the others read.
+    status = {}
+    for batch in (list(runs.values())[:1], list(runs.values())[1:]):
+        status.update(run_all(batch, work, parallel, threads, device, None, data))
+    failed = [name for name, s in status.items() if s["status"] not in ("finished", "done before")]
+    if failed:
+        raise NagError(f"specialisation runs did not finish: {failed}; see their logs in {work} and run again")
+    splits = load_splits(cfg.data, cfg.val_size, cfg.seed, bundle.space.input.size, bundle.space.input.channels)
+    calibration = bundle.trained.calibration_float
+    from_supernet = bundle.manifest["files"][SUPERNET_FILE]
+    children: dict[str, SpecialisedChild] = {}
+    for i, arch in enumerate(archs, 1):
+        with torch.no_grad():
+            sliced = extract_child(bundle.trained.supernet, arch)
+        stored = slice_bn(bundle, arch)
+        if stored is not None:
+            load_bn_stats(sliced, stored)
+        else:
+            calibrate_bn(sliced, calibration, BN_BATCH)
+        tuned = load_supernet(work / runs[arch.arch_id].name / SUPERNET_FILE)
+        with torch.no_grad():
+            static = extract_child(tuned.supernet, arch)
+        calibrate_bn(static, calibration, BN_BATCH)
+        slice_acc, tuned_acc = val_accuracy(sliced, splits.val), val_accuracy(static, splits.val)
+        kept = tuned_acc > slice_acc
+        log.info("%d/%d %s: validation %.2f%% as a slice, %.2f%% specialised: %s", i, len(archs), arch.arch_id,
+                 slice_acc, tuned_acc, "kept" if kept else "dropped (the slice is served)")
+        if kept:
+            state = {k: v.detach().cpu().numpy() for k, v in static.state_dict().items()}
+            children[arch.arch_id] = SpecialisedChild(arch, state, {
+                "from_supernet": from_supernet, "epochs": epochs, "lr": lr, "warmup_steps": warmup_steps,
+                "label_weight": cfg.student_label_weight, "calibration_images": len(calibration),
+                "slice_val_acc": round(slice_acc, 2), "specialised_val_acc": round(tuned_acc, 2),
+                "train_seconds": status[runs[arch.arch_id].name].get("wall_s")})
+    result = SpecialisedSet(children, specialised_inputs(bundle.manifest["files"]), {
+        "candidates": len(archs), "kept": len(children), "share": share, "epochs": epochs, "lr": lr,
+        "seconds": round(time.perf_counter() - started, 1),
+        "mean_val_gain": round(float(np.mean([c.info["specialised_val_acc"] - c.info["slice_val_acc"]
+                                              for c in children.values()])), 2) if children else 0.0})
+    write_specialised(bundle.root, result)
+    m = bundle.manifest
+    write_manifest(bundle.root, m["name"], bundle.space, m["default_device"], m["configs"], m["metrics"])
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--bundle", default="bundles/default")
+    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="fine-tuning epochs per member")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="peak learning rate of the fine-tuning")
+    p.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS)
+    p.add_argument("--share", type=float, default=DEFAULT_SHARE,
+                   help="members within this share of each device's range from its cheapest are specialised")
+    p.add_argument("--work", type=Path, help="folder of the runs (default: .<bundle>-specialise beside it)")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="cpu", help="where the runs train (cpu or cuda)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if not 0 < args.share <= 1 or args.epochs < 1:
+            raise NagError("--share must lie in (0, 1] and --epochs be >= 1")
+        result = specialise(args.bundle, args.epochs, args.lr, args.warmup_steps, args.share, args.work,
+                            args.parallel, args.threads, args.device)
+    except NagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.bundle}: {result.stats['kept']} of {result.stats['candidates']} cheap members specialised "
+          f"(mean validation gain {result.stats['mean_val_gain']:+.2f} points) in {result.stats['seconds']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

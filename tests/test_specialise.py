@@ -1,0 +1,155 @@
+"""Specialised children: the pipeline's specialise stage, and a server that sends them in place of their slices
+and says so."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from nag.bundle.bundle import BundleError, load_bundle, write_manifest
+from nag.bundle.specialised import (
+    SPECIALISED_FILE,
+    SPECIALISED_WEIGHTS_FILE,
+    SpecialisedChild,
+    SpecialisedSet,
+    specialised_inputs,
+    write_specialised,
+)
+from nag.client import channel
+from nag.config import ServiceConfig
+from nag.data import DataSource, load_test_set
+from nag.export import INPUT_NAME
+from nag.pipeline.specialise import cheap_members, specialise
+from nag.policy.frontier import serving_frontier
+from nag.server.app import RunningServer, ServerOptions
+from nag.space.space import SearchSpace
+from nag.supernet.static import extract_child
+from nag.v1 import generator_pb2 as pb
+from nag.v1 import generator_pb2_grpc as pb_grpc
+
+
+def _reseal(root: Path) -> None:
+    """Seal the manifest again over the files as they are now."""
+    m = json.loads((root / "manifest.json").read_text())
+    write_manifest(root, m["name"], SearchSpace.from_dict(m["space"]), m["default_device"], m["configs"],
+                   m["metrics"])
+
+
+@pytest.fixture()
+def copy(tiny_bundle: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle, target)
+    return target
+
+
+def test_the_stage_fine_tunes_the_cheap_members_and_keeps_those_that_beat_their_slices(copy: Path,
+                                                                                     tmp_path: Path) -> None:
+    bundle = load_bundle(copy)
+    everyone = cheap_members(bundle, share=1.0)
+    entries = serving_frontier(bundle, bundle.devices["flops"]).entries
+    assert sorted(a.arch_id for a in everyone) == sorted({e.arch.arch_id for e in entries})  # each once
+    lo, hi = entries[0].cost, entries[-1].cost
+    share = (entries[2].cost - lo) / (hi - lo)  # the three cheapest members
+    cheap = cheap_members(bundle, share)
+    assert [a.arch_id for a in cheap] == [e.arch.arch_id for e in entries[:3]]
+
+    work = tmp_path / "work"
+    result = specialise(copy, epochs=1, share=share, work=work)
+    assert result.stats["candidates"] == 3
+    assert (work / "teacher_targets.pt").is_file()  # computed by the first run, read by the others
+    logs = [(work / f"{a.arch_id}-e1.log").read_text() for a in cheap]
+    assert ["teacher targets read from" in text for text in logs] == [False, True, True]
+    for child in result.children.values():
+        assert child.info["specialised_val_acc"] > child.info["slice_val_acc"]
+        assert child.info["from_supernet"] == bundle.manifest["files"]["supernet.pt"]
+    reloaded = load_bundle(copy)  # sealed again: every file verifies
+    assert set(reloaded.specialised) == set(result.children)
+    doc = json.loads((copy / SPECIALISED_FILE).read_text())
+    assert doc["stats"]["kept"] == len(result.children) and doc["stats"]["candidates"] == 3
+    # A second call reuses the finished runs and decides the same.
+    again = specialise(copy, epochs=1, share=share, work=work)
+    assert set(again.children) == set(result.children)
+
+
+@pytest.fixture()
+def specialised_server(copy: Path) -> Iterator[tuple[RunningServer, SpecialisedChild]]:
+    """The tiny bundle with its cheapest frontier member specialised by hand (its slice with a doubled
+    classifier and BN statistics of its own), served over real gRPC."""
+    bundle = load_bundle(copy)
+    cheapest = serving_frontier(bundle, bundle.devices["flops"]).entries[0].arch
+    static = extract_child(bundle.trained.supernet, cheapest)
+    with torch.no_grad():
+        static.classifier.weight.mul_(2.0)
+        static.head_bn.running_mean.add_(0.5)
+    state = {k: v.detach().numpy() for k, v in static.state_dict().items()}
+    child = SpecialisedChild(cheapest, state, {"from_supernet": bundle.manifest["files"]["supernet.pt"],
+                                               "calibration_images": 7, "epochs": 1})
+    write_specialised(copy, SpecialisedSet({cheapest.arch_id: child}, specialised_inputs(bundle.manifest["files"]),
+                                           {}))
+    _reseal(copy)
+    running = RunningServer(ServerOptions(bundle=copy, port=0, metrics_port=-1, service=ServiceConfig()))
+    running.load()
+    yield running, child
+    running.stop(0, drain=0)
+
+
+def test_a_specialised_member_is_served_with_its_own_weights_and_says_so(
+        specialised_server: tuple[RunningServer, SpecialisedChild]) -> None:
+    running, child = specialised_server
+    bundle = running.service.bundle
+    entries = serving_frontier(bundle, bundle.devices["flops"]).entries
+    with channel(f"127.0.0.1:{running.port}") as ch:
+        stub = pb_grpc.ArchitectureGeneratorServiceStub(ch)
+        cheap = stub.GenerateForBudget(pb.GenerateForBudgetRequest(device="flops", cost=entries[0].cost * 1.05 + 1e-3),
+                                       timeout=60)
+        other = stub.GenerateForBudget(pb.GenerateForBudgetRequest(device="flops", cost=entries[-1].cost * 1.05),
+                                       timeout=60)
+    assert cheap.architecture_id == child.arch.arch_id and cheap.frontier_member == 0
+    assert cheap.model_kind == "specialised" and cheap.bn_statistics == "specialised:7"
+    assert cheap.specialised_from == f"slice {child.arch.arch_id} of supernet sha256:{child.info['from_supernet']}"
+    meta = {p.key: p.value for p in onnx.load_from_string(cheap.onnx_model).metadata_props}
+    assert meta["nag.model_kind"] == "specialised" and meta["nag.specialised_from"] == cheap.specialised_from
+    assert other.architecture_id != child.arch.arch_id
+    assert other.model_kind == "slice" and other.specialised_from == "" and other.bn_statistics.startswith("stored:")
+
+    # The model computes what the specialised weights compute, not the slice.
+    test = load_test_set(DataSource(), bundle.space.input.size, bundle.space.input.channels)
+    images = test.as_float(slice(0, 32))
+    static = extract_child(bundle.trained.supernet, child.arch)
+    sliced = static(images).detach().numpy()
+    static.load_state_dict(child.state_dict())
+    expected = static(images).detach().numpy()
+    got = ort.InferenceSession(cheap.onnx_model, providers=["CPUExecutionProvider"]).run(
+        None, {INPUT_NAME: images.numpy()})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert np.abs(got - sliced).max() > 0.1
+
+
+def test_specialised_files_from_another_supernet_are_ignored_and_corrupt_ones_refused(
+        copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load_bundle(copy)
+    arch = serving_frontier(bundle, bundle.devices["flops"]).entries[0].arch
+    state = {k: v.detach().numpy() for k, v in extract_child(bundle.trained.supernet, arch).state_dict().items()}
+    child = SpecialisedChild(arch, state, {"from_supernet": "0" * 64, "calibration_images": 7})
+    write_specialised(copy, SpecialisedSet({arch.arch_id: child}, {"supernet.pt": "0" * 64}, {}))
+    _reseal(copy)
+    with caplog.at_level(logging.WARNING):
+        assert load_bundle(copy).specialised == {}
+    assert "fine-tuned from another supernet" in caplog.text and "nag.pipeline.specialise" in caplog.text
+
+    weights = copy / SPECIALISED_WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(BundleError, match=f"{SPECIALISED_WEIGHTS_FILE} does not match its hash"):
+        load_bundle(copy)
+    _reseal(copy)  # sealed over the broken file: its contents are checked too
+    with pytest.raises(BundleError, match=f"{SPECIALISED_WEIGHTS_FILE} cannot be read"):
+        load_bundle(copy)
