@@ -9,8 +9,9 @@ Each architecture served is trained alone by `nag.pipeline.train_supernet --arch
 supernet profile, epochs, schedule and augmentation, two at a time with one thread each; an
 architecture served more than once trains once, and finished runs in `--work` are reused (resumable;
 `--train-only` trains and stops; `--score-finished --deadline-s 0` scores the rows whose runs finished, say
-while another process still trains the rest in the same `--work`, and lists the others). The served ONNX model (its bytes as sent) is scored in ONNX Runtime and
-the standalone child in torch (BN calibrated), both on the 10k test images, paired per image.
+while another process still trains the rest in the same `--work`, and lists the others; `--cheap-only`: the
+cheapest-third budgets alone). The served ONNX model (its bytes as sent) is scored in ONNX Runtime and the
+standalone child (BN calibrated) too, both on the 10k test images, paired per image.
 
 Writes benchmarks/results/served_vs_standalone.{json,md}: `bundle_id`, `ranges` ({device: [min, max]})
 and `rows`, each {device, budget, arch_id, macs, served_acc, alone_acc, difference_points} plus the
@@ -100,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-device", default="cpu", help="where the standalone runs train (cpu or cuda)")
     p.add_argument("--deadline-s", type=float, help="stop (with checkpoints) the runs still going after this long")
     p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: Debian's)")
+    p.add_argument("--cheap-only", action="store_true", help="only the budgets in each device's cheapest third")
     p.add_argument("--train-only", action="store_true", help="train, do not score")
     p.add_argument("--score-finished", action="store_true",
                    help="score the rows whose standalone runs finished (list the others) instead of refusing")
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if not epochs:
             raise NagError(f"the supernet of {args.bundle} does not say its epochs")
         ranges = serving_ranges(args.bundle, devices)
-        served = ask_server(args.bundle, ranges)
+        served = [s for s in ask_server(args.bundle, ranges) if s.cheap or not args.cheap_only]
         for s in served:
             print(f"{s.device} budget {s.budget:.4g} ({'cheap' if s.cheap else 'upper'}): member {s.member}, "
                   f"{s.arch.arch_id}", flush=True)

@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -74,13 +75,21 @@ def val_accuracy(model: torch.nn.Module, val: object) -> float:
 
 def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,
                warmup_steps: int = DEFAULT_WARMUP_STEPS, share: float = DEFAULT_SHARE, work: Path | None = None,
-               parallel: int = 2, threads: int = 1, device: str = "cpu") -> SpecialisedSet:
-    """Fine-tune the cheap members of `root`'s serving frontiers, keep those that beat their slices on the
-    validation split, store them in the bundle and seal its manifest again."""
+               parallel: int = 2, threads: int = 1, device: str = "cpu",
+               members: Sequence[str] = ()) -> SpecialisedSet:
+    """Fine-tune the cheap members of `root`'s serving frontiers (only the architecture ids in `members`,
+    when given), keep those that beat their slices on the validation split, store them in the bundle and
+    seal its manifest again."""
     started = time.perf_counter()
     bundle = load_bundle(root)
     cfg = SupernetTrainConfig.from_dict(bundle.trained.meta.get("config", {}))
     archs = cheap_members(bundle, share)
+    if members:
+        unknown = sorted(set(members) - {a.arch_id for a in archs})
+        if unknown:
+            raise NagError(f"{unknown} are not among the cheap serving-frontier members ({len(archs)} within "
+                           f"{share:.0%} of each device's range)")
+        archs = [a for a in archs if a.arch_id in members]
     work = work or bundle.root.parent / f".{bundle.root.name}-specialise"
     supernet = (bundle.root / SUPERNET_FILE).resolve()
     log.info("specialising %d cheap members (within %.0f%% of each device's range) for %d epochs in %s",
@@ -142,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS)
     p.add_argument("--share", type=float, default=DEFAULT_SHARE,
                    help="members within this share of each device's range from its cheapest are specialised")
+    p.add_argument("--member", action="append", default=[], help="only this member's architecture id (repeatable)")
     p.add_argument("--work", type=Path, help="folder of the runs (default: .<bundle>-specialise beside it)")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -152,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < args.share <= 1 or args.epochs < 1:
             raise NagError("--share must lie in (0, 1] and --epochs be >= 1")
         result = specialise(args.bundle, args.epochs, args.lr, args.warmup_steps, args.share, args.work,
-                            args.parallel, args.threads, args.device)
+                            args.parallel, args.threads, args.device, args.member)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
