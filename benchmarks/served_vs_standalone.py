@@ -158,11 +158,12 @@ def main(argv: list[str] | None = None) -> int:
                      "difference_points": round(diff, 2), "difference_se": round(se, 2)})
     unscored = [{"device": s.device, "budget": round(s.budget, 6), "arch_id": s.arch.arch_id} for s in served
                 if runs[s.arch.arch_id].name in failed]
-    return report(args, bundle.bundle_id, ranges, rows, unscored, profile, epochs, wall)
+    units = {d: bundle.devices[d].device.unit for d in ranges}
+    return report(args, bundle.bundle_id, ranges, units, rows, unscored, profile, epochs, wall)
 
 
-def report(args: argparse.Namespace, bundle_id: str, ranges: dict[str, tuple[float, float]], rows: list[dict],
-           unscored: list[dict], profile: str, epochs: int, wall: float) -> int:
+def report(args: argparse.Namespace, bundle_id: str, ranges: dict[str, tuple[float, float]], units: dict[str, str],
+           rows: list[dict], unscored: list[dict], profile: str, epochs: int, wall: float) -> int:
     cheap = [r["difference_points"] for r in rows if r["cheap"]]
     summary = {"rows": len(rows), "cheap_rows": len(cheap),
                "cheap_mean_difference_points": round(float(np.mean(cheap)), 2) if cheap else None,
@@ -172,7 +173,6 @@ def report(args: argparse.Namespace, bundle_id: str, ranges: dict[str, tuple[flo
             "ranges": {d: [lo, hi] for d, (lo, hi) in ranges.items()}, "rows": rows, "not_scored": unscored,
             "summary": summary,
             "training_wall_seconds": round(wall, 1), "machine": machine()}
-    units = {d: "ms" if d != "flops" else "MMACs" for d in ranges}
     table = markdown_table(
         ["device", "budget", "third", "member", "MMACs", "served %", "trained alone %", "served − alone"],
         [[r["device"], f"{r['budget']:.4g} {units[r['device']]}", "cheapest" if r["cheap"] else "above",
