@@ -153,3 +153,20 @@ def test_specialised_files_from_another_supernet_are_ignored_and_corrupt_ones_re
     _reseal(copy)  # sealed over the broken file: its contents are checked too
     with pytest.raises(BundleError, match=f"{SPECIALISED_WEIGHTS_FILE} cannot be read"):
         load_bundle(copy)
+
+
+def test_specialised_weights_that_do_not_fit_their_architecture_are_a_clear_error(copy: Path) -> None:
+    from nag.errors import NagError
+    from nag.policy.materialize import export_child
+
+    bundle = load_bundle(copy)
+    arch = serving_frontier(bundle, bundle.devices["flops"]).entries[0].arch
+    state = {k: v.detach().numpy() for k, v in extract_child(bundle.trained.supernet, arch).state_dict().items()}
+    state["classifier.weight"] = np.zeros((3, 3), dtype=np.float32)
+    child = SpecialisedChild(arch, state, {"from_supernet": bundle.manifest["files"]["supernet.pt"],
+                                           "calibration_images": 7})
+    write_specialised(copy, SpecialisedSet({arch.arch_id: child}, specialised_inputs(bundle.manifest["files"]), {}))
+    _reseal(copy)
+    reloaded = load_bundle(copy)
+    with pytest.raises(NagError, match=f"specialised weights of {arch.arch_id} .* do not fit its architecture"):
+        export_child(reloaded, arch)

@@ -81,7 +81,11 @@ def export_child(bundle: Bundle, arch: Architecture, calibration_images: int = S
     sliced = time.perf_counter()
     specialised = bundle.specialised.get(arch.arch_id)
     if specialised is not None:
-        static.load_state_dict(specialised.state_dict())
+        try:
+            static.load_state_dict(specialised.state_dict())
+        except RuntimeError as exc:
+            raise NagError(f"the specialised weights of {arch.arch_id} in bundle {bundle.root} do not fit its "
+                           f"architecture: {' '.join(str(exc).split())[:300]}") from None
     elif bn is not None:
         load_bn_stats(static, bn)
     else:
