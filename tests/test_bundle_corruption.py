@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from nag.bundle.bundle import MANIFEST_FILE, _sha256, seal_manifest
+from nag.artifacts import file_sha256
+from nag.bundle.bundle import MANIFEST_FILE, seal_manifest
 from nag.cli import main as nag_main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,7 +91,7 @@ def test_a_file_changed_with_its_hash_updated_breaks_the_manifest_seal(tiny_bund
     shutil.copytree(tiny_bundle, copy)
     (copy / "accuracy_predictor.json").write_text("garbage")
     manifest = json.loads((copy / MANIFEST_FILE).read_text())
-    manifest["files"]["accuracy_predictor.json"] = _sha256(copy / "accuracy_predictor.json")
+    manifest["files"]["accuracy_predictor.json"] = file_sha256(copy / "accuracy_predictor.json")
     (copy / MANIFEST_FILE).write_text(json.dumps(manifest))
     code, err = _generate(copy, tmp_path, capsys)
     _assert_one_line_error(code, err, "hash updated")
@@ -106,7 +107,7 @@ def test_a_parsed_file_resealed_with_garbage_is_still_a_one_line_error(tiny_bund
     for data in (b"garbage", b'{"a": 1}', b"[]"):
         (copy / rel).write_bytes(data)
         manifest = json.loads((copy / MANIFEST_FILE).read_text())
-        manifest["files"][rel] = _sha256(copy / rel)
+        manifest["files"][rel] = file_sha256(copy / rel)
         if rel == "space.json":
             manifest["space"] = {"garbage": True}
         (copy / MANIFEST_FILE).write_text(json.dumps(seal_manifest(manifest)))

@@ -12,7 +12,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from nag.bundle.bundle import MANIFEST_FILE, _sha256, seal_manifest
+from nag.artifacts import file_sha256
+from nag.bundle.bundle import MANIFEST_FILE, seal_manifest
 from nag.client import channel
 from nag.config import ServiceConfig
 from nag.cost.device import DeviceError, DeviceProfile, contract_problems, packaged_profile
@@ -70,7 +71,7 @@ def mismatched_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     profile = json.loads((root / rel).read_text())
     (root / rel).write_text(json.dumps({**profile, "runtime_version": "0.1.0"}))
     manifest = json.loads((root / MANIFEST_FILE).read_text())
-    manifest["files"][rel] = _sha256(root / rel)
+    manifest["files"][rel] = file_sha256(root / rel)
     (root / MANIFEST_FILE).write_text(json.dumps(seal_manifest(manifest)))
     return root
 

@@ -73,10 +73,6 @@ def bundle_or_default(bundle: str | Path | None) -> Path:
     return chosen
 
 
-def _sha256(path: Path) -> str:
-    return file_sha256(path)
-
-
 def save_evaluator(path: Path, model: Evaluator, in_dim: int, hidden: int, budget_dim: int,
                    report: dict[str, Any]) -> None:
     save_artifact(path, {"kind": "evaluator", "state": model.state_dict(), "in_dim": in_dim, "hidden": hidden,
@@ -185,7 +181,7 @@ def write_manifest(root: str | Path, name: str, space: SearchSpace, default_devi
     """Hash every file of the bundle and write `manifest.json` (sealed) atomically."""
     root = Path(root)
     files = {
-        str(p.relative_to(root)): _sha256(p)
+        str(p.relative_to(root)): file_sha256(p)
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.name not in SKIP and not p.name.startswith(".")
     }
@@ -282,7 +278,7 @@ def load_bundle(root: str | Path, verify: bool = True, unsealed: Collection[str]
             file = root / rel
             if not file.is_file():
                 raise BundleError(f"bundle {root} is incomplete: {rel} is missing")
-            if file.name not in unsealed and _sha256(file) != digest:
+            if file.name not in unsealed and file_sha256(file) != digest:
                 raise BundleError(f"bundle {root} is corrupt: {rel} does not match its hash in the manifest")
     with _reading(root, f"{MANIFEST_FILE} (space)"):
         space = SearchSpace.from_dict(manifest["space"])

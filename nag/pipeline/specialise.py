@@ -27,6 +27,7 @@ from nag.bundle.bundle import SUPERNET_FILE, Bundle, load_bundle, write_manifest
 from nag.bundle.specialised import SpecialisedChild, SpecialisedSet, specialised_inputs, write_specialised
 from nag.config import SupernetTrainConfig
 from nag.data import load_splits
+from nag.data.datasets import ImageSet
 from nag.errors import NagError
 from nag.export import build_onnx
 from nag.export.evaluate import onnx_predictions
@@ -68,9 +69,9 @@ def slice_bn(bundle: Bundle, arch: Architecture) -> dict | None:
     return None
 
 
-def val_accuracy(model: torch.nn.Module, val: object) -> float:
-    predictions = onnx_predictions(build_onnx(model).SerializeToString(), val)  # type: ignore[arg-type]
-    return 100.0 * float((predictions == val.labels.numpy()).mean())  # type: ignore[attr-defined]
+def val_accuracy(model: torch.nn.Module, val: ImageSet) -> float:
+    predictions = onnx_predictions(build_onnx(model).SerializeToString(), val)
+    return 100.0 * float((predictions == val.labels.numpy()).mean())
 
 
 def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAULT_LR,

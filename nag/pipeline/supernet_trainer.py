@@ -153,8 +153,9 @@ class SupernetTrainer:
         start = (within * self.dist.world + self.dist.rank) * self.cfg.batch_size
         return order[start : start + self.cfg.batch_size]
 
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        index = self.batch_index(step)
+    def batch(self, step: int, index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's augmented images and labels (`index`: its `batch_index`, when already known)."""
+        index = self.batch_index(step) if index is None else index
         gen = torch.Generator().manual_seed(step_seed(self.cfg, step, 0) * 64 + self.dist.rank)
         images = random_crop_flip(self.train.images[index], self.cfg.crop_pad, self.cfg.flip, gen)
         labels = self.train.labels[index]
@@ -183,7 +184,8 @@ class SupernetTrainer:
 
     def train_step(self) -> float:
         cfg = self.cfg
-        images, labels = self.batch(self.step)
+        index = self.batch_index(self.step)
+        images, labels = self.batch(self.step, index)
         children = self.step_children(images, labels)
         if self.dist.world > 1:
             self.children_seen.append([a.arch_id for a in children])
@@ -193,7 +195,7 @@ class SupernetTrainer:
             group["lr"] = lr
         self.supernet.train()
         self.optimizer.zero_grad(set_to_none=True)
-        extra = (self.batch_index(self.step),) if isinstance(self.objective, SpecialiseObjective) else ()
+        extra = (index,) if isinstance(self.objective, SpecialiseObjective) else ()
         loss = self.model(images, labels, children, *extra)
         loss.backward()
         self.optimizer.step()

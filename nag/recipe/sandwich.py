@@ -110,7 +110,7 @@ class SandwichObjective(nn.Module):
         teacher_logits = self.supernet(images, children[0], dropout=True)
         first = F.cross_entropy(teacher_logits, labels, label_smoothing=self.label_smoothing)
         if weight_decay and self.weight_decay > 0:
-            first = first + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
+            first = first + self.decay()
         losses = [first]
         soft = F.softmax(teacher_logits.detach() / self.temperature, dim=1)
         if len(children) > 1:  # one child: the standalone baseline, trained on the labels alone
@@ -124,6 +124,10 @@ class SandwichObjective(nn.Module):
             losses.append(self._student_loss(self.supernet(image_parts[part], arch), soft_parts[part],
                                              label_parts[part]))
         return losses
+
+    def decay(self) -> torch.Tensor:
+        """The weight-decay term: half the decay times the squared norm of the decayed weights."""
+        return 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
 
     def _student_loss(self, logits: torch.Tensor, soft: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # Soft targets at temperature T, scaled by T² so their gradient keeps its size (Hinton et al.).

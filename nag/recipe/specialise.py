@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from nag.artifacts import file_sha256, load_artifact, save_artifact
 from nag.config import SupernetTrainConfig
@@ -23,10 +22,9 @@ from nag.data.datasets import ImageSet
 from nag.errors import NagError
 from nag.export import build_onnx
 from nag.export.evaluate import onnx_logits
-from nag.recipe.sandwich import soft_cross_entropy
+from nag.recipe.sandwich import SandwichObjective
 from nag.space.arch import Architecture, biggest
 from nag.supernet.io import TrainedSupernet
-from nag.supernet.layers import is_kernel_matrix
 from nag.supernet.model import Supernet
 from nag.supernet.static import child
 
@@ -66,34 +64,20 @@ def teacher_probabilities(teacher: Supernet, calibration: torch.Tensor, images: 
     return F.softmax(logits / temperature, dim=1)
 
 
-class SpecialiseObjective(nn.Module):
-    """Loss of one specialisation step for the single child in `children`: (1 − w)·distillation from the
-    teacher's stored predictions for the batch's images (`index` into the training set) at `temperature`
-    + w·label cross-entropy, plus weight decay."""
+class SpecialiseObjective(SandwichObjective):
+    """Loss of one specialisation step for the single child in `children`: the sandwich's student loss
+    ((1 − w)·distillation at `temperature` + w·label cross-entropy) against the teacher's stored predictions
+    for the batch's images (`index` into the training set), plus weight decay."""
 
     def __init__(self, student: Supernet, teacher_probs: torch.Tensor, label_smoothing: float,
                  weight_decay: float, label_weight: float, temperature: float):
-        super().__init__()
-        if not 0.0 <= label_weight <= 1.0 or temperature <= 0:
-            raise ValueError("need label_weight in [0, 1] and temperature > 0")
-        self.supernet = student
+        super().__init__(student, label_smoothing, weight_decay, 1, label_weight, temperature)
         self.teacher_probs = teacher_probs
-        self.label_smoothing = label_smoothing
-        self.weight_decay = weight_decay
-        self.label_weight = label_weight
-        self.temperature = temperature
-        self._decayed = [p for name, p in student.named_parameters() if p.dim() > 1 and "bn" not in name
-                         and not is_kernel_matrix(name)]
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, children: list[Architecture],
                 index: torch.Tensor) -> torch.Tensor:
         if len(children) != 1:
             raise ValueError(f"specialisation trains one child, got {len(children)}")
         soft = self.teacher_probs[index].to(images.device)
-        logits = self.supernet(images, children[0], dropout=True)
-        distill = soft_cross_entropy(logits / self.temperature, soft) * self.temperature ** 2
-        hard = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        loss = (1.0 - self.label_weight) * distill + self.label_weight * hard
-        if self.weight_decay > 0:
-            loss = loss + 0.5 * self.weight_decay * sum(p.pow(2).sum() for p in self._decayed)
-        return loss
+        loss = self._student_loss(self.supernet(images, children[0], dropout=True), soft, labels)
+        return loss + self.decay() if self.weight_decay > 0 else loss
