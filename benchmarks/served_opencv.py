@@ -42,6 +42,7 @@ class ServedAgreement:
     resolution: int
     macs: int
     graph_form: str
+    model_kind: str  # "slice", or "specialised" (its own weights, fine-tuned from the slice)
     contract_in_metadata: bool
     agreement: float  # share of images where OpenCV's top-1 equals ONNX Runtime's
     opencv_accuracy: float
@@ -82,7 +83,7 @@ def served_agreement(stub: pb_grpc.ArchitectureGeneratorServiceStub, device: str
         cv, rt = opencv_logits(reply.onnx_model, images), ort_logits(reply.onnx_model, images)
         rows.append(ServedAgreement(
             budget, reply.architecture_id, reply.architecture.resolution, reply.macs,
-            pb.GraphForm.Name(reply.graph_form),
+            pb.GraphForm.Name(reply.graph_form), reply.model_kind,
             props.get("nag.runtime_contract") == reply.runtime_contract_json != "",
             float((cv.argmax(1) == rt.argmax(1)).mean()), float((cv.argmax(1) == labels).mean()),
             float((rt.argmax(1) == labels).mean())))
@@ -118,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
           f"Bundle `{bundle.bundle_id}`, device `{args.device}`: the replies of `GenerateForBudget` over gRPC, run as "
           f"they arrived on all {len(images):,} test images.\n\n")
     md += markdown_table(
-        ["budget (ms)", "architecture", "resolution", "MMACs", "form", "contract in metadata", "OpenCV = ORT",
-         "OpenCV acc %", "ORT acc %"],
+        ["budget (ms)", "architecture", "resolution", "MMACs", "form", "model", "contract in metadata",
+         "OpenCV = ORT", "OpenCV acc %", "ORT acc %"],
         [[f"{r.budget_ms:.4f}", f"`{r.architecture_id}`", r.resolution, f"{r.macs / 1e6:.2f}", r.graph_form,
-          "yes" if r.contract_in_metadata else "no", f"{100 * r.agreement:.2f}%", f"{100 * r.opencv_accuracy:.2f}",
-          f"{100 * r.ort_accuracy:.2f}"] for r in rows])
+          r.model_kind, "yes" if r.contract_in_metadata else "no", f"{100 * r.agreement:.2f}%",
+          f"{100 * r.opencv_accuracy:.2f}", f"{100 * r.ort_accuracy:.2f}"] for r in rows])
     write_results("served_opencv", data, md)
     print(md)
     print(json.dumps({"min_agreement": min(r.agreement for r in rows)}))

@@ -69,9 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         runs = {(c["label"], e): TrainingRun(
             f"{c['arch_id']}-spec-e{e}-lr{args.lr:g}",
             ("--profile", profile, "--epochs", str(e), "--arch", c["architecture"].to_json(), "--specialise-from",
-             str(args.supernet), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps)))
+             str(args.supernet), "--lr", str(args.lr), "--warmup-steps", str(args.warmup_steps),
+             "--teacher-targets", str(args.work.resolve() / "teacher_targets.pt")))
             for e in epochs_list for c in children}
-        status = run_all(list(runs.values()), args.work, args.parallel, args.threads)
+        # The first run computes the teacher's predictions that the others read.
+        ordered = list(runs.values())
+        status = {**run_all(ordered[:1], args.work, 1, args.threads),
+                  **run_all(ordered[1:], args.work, args.parallel, args.threads)}
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

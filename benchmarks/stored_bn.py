@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="stored_bn")
     args = p.parse_args(argv)
     bundle = load_bundle(args.bundle)
+    # The slices' statistics are measured: specialised children carry statistics of their own.
+    bundle.specialised = {}
     space = bundle.space
     test = load_test_set(DataSource(), space.input.size, space.input.channels)
     labels = test.labels.numpy()

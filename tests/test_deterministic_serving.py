@@ -96,14 +96,21 @@ def test_the_same_budget_gives_the_same_bytes_idle_busy_after_a_restart_and_in_p
 
 
 def test_a_served_model_says_what_it_is(server: RunningServer) -> None:
-    (reply,) = _ask(server.port, [0.2])
-    meta = {p.key: p.value for p in onnx.load_from_string(reply.onnx_model).metadata_props}
-    assert meta["nag.bn_statistics"] == reply.bn_statistics == "stored:2000"
-    assert meta["nag.model_kind"] == reply.model_kind == "slice"
-    assert int(meta["nag.frontier_member"]) == reply.frontier_member >= 0
-    assert json.loads(meta["nag.runtime_contract"]) == json.loads(reply.runtime_contract_json)
-    assert reply.cached  # exported when the server started
-    assert not reply.speed_applied and reply.device_speed == 1.0 and not reply.latency_verified
+    specialised = server.service.bundle.specialised
+    assert specialised  # the committed bundle serves its cheap members specialised
+    cheap, dear = _ask(server.port, [0.2, 0.4])  # in the cheapest third of the `cpu` range, and above it
+    for reply in (cheap, dear):
+        meta = {p.key: p.value for p in onnx.load_from_string(reply.onnx_model).metadata_props}
+        assert int(meta["nag.frontier_member"]) == reply.frontier_member >= 0
+        assert json.loads(meta["nag.runtime_contract"]) == json.loads(reply.runtime_contract_json)
+        assert reply.cached  # exported when the server started
+        assert not reply.speed_applied and reply.device_speed == 1.0 and not reply.latency_verified
+        assert meta["nag.model_kind"] == reply.model_kind
+        assert meta["nag.bn_statistics"] == reply.bn_statistics
+    assert cheap.architecture_id in specialised and dear.architecture_id not in specialised
+    assert (cheap.model_kind, cheap.bn_statistics) == ("specialised", "specialised:2000")
+    assert cheap.specialised_from.startswith(f"slice {cheap.architecture_id} of supernet sha256:")
+    assert (dear.model_kind, dear.bn_statistics, dear.specialised_from) == ("slice", "stored:2000", "")
 
 
 def test_deprecated_fields_change_nothing_and_are_listed(server: RunningServer) -> None:

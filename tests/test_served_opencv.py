@@ -42,6 +42,7 @@ def test_served_models_agree_in_opencv_and_onnxruntime_across_the_range(stub, sp
     rows = served_agreement(stub, "cpu", budgets, images, labels)
     assert {r.resolution for r in rows} >= {16, 28}  # the resize of a resolution-16 child is in
     assert len({r.architecture_id for r in rows}) >= 4
+    assert {r.model_kind for r in rows} == {"slice", "specialised"}  # both kinds of weights run in OpenCV
     for r in rows:
         assert r.graph_form == "GRAPH_FORM_PORTABLE" and r.contract_in_metadata, r
         assert r.agreement >= 0.999, r

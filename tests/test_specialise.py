@@ -7,6 +7,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from nag.artifacts import file_sha256
 from nag.bundle.bundle import BundleError, load_bundle, write_manifest
 from nag.bundle.specialised import (
     SPECIALISED_FILE,
@@ -25,10 +27,11 @@ from nag.bundle.specialised import (
     write_specialised,
 )
 from nag.client import channel
-from nag.config import ServiceConfig
+from nag.config import ServiceConfig, pipeline
 from nag.data import DataSource, load_test_set
 from nag.export import INPUT_NAME
-from nag.pipeline.specialise import cheap_members, specialise
+from nag.pipeline.specialise import cheap_members, specialise, train_seconds
+from nag.pipeline.train_generator import finish, specialised_current
 from nag.policy.frontier import serving_frontier
 from nag.server.app import RunningServer, ServerOptions
 from nag.space.space import SearchSpace
@@ -65,8 +68,9 @@ def test_the_stage_fine_tunes_the_cheap_members_and_keeps_those_that_beat_their_
     work = tmp_path / "work"
     result = specialise(copy, epochs=1, share=share, work=work)
     assert result.stats["candidates"] == 3
-    assert (work / "teacher_targets.pt").is_file()  # computed by the first run, read by the others
-    logs = [(work / f"{a.arch_id}-e1.log").read_text() for a in cheap]
+    runs = work / file_sha256(copy / "supernet.pt")[:16]  # runs of this supernet, named by their settings
+    assert (runs / "teacher_targets.pt").is_file()  # computed by the first run, read by the others
+    logs = [(runs / f"{a.arch_id}-e1-lr0.05-w50.log").read_text() for a in cheap]
     assert ["teacher targets read from" in text for text in logs] == [False, True, True]
     for child in result.children.values():
         assert child.info["specialised_val_acc"] > child.info["slice_val_acc"]
@@ -75,9 +79,35 @@ def test_the_stage_fine_tunes_the_cheap_members_and_keeps_those_that_beat_their_
     assert set(reloaded.specialised) == set(result.children)
     doc = json.loads((copy / SPECIALISED_FILE).read_text())
     assert doc["stats"]["kept"] == len(result.children) and doc["stats"]["candidates"] == 3
+    stage = reloaded.manifest["configs"]["specialise"]  # the bundle states how it was specialised
+    assert (stage["epochs"], stage["share"]) == (1, share) and "--epochs 1" in stage["command"]
+    assert result.stats["runs_reused"] == 0
     # A second call reuses the finished runs and decides the same.
     again = specialise(copy, epochs=1, share=share, work=work)
-    assert set(again.children) == set(result.children)
+    assert set(again.children) == set(result.children) and again.stats["runs_reused"] == 3
+    assert all(train_seconds(runs / f"{a.arch_id}-e1-lr0.05-w50") > 0 for a in cheap)
+    assert all(c.info["train_seconds"] == train_seconds(runs / f"{a}-e1-lr0.05-w50") for a, c in again.children.items())
+    # Other settings are other runs: nothing is reused.
+    assert specialise(copy, epochs=1, share=share, work=work, lr=0.02).stats["runs_reused"] == 0
+
+
+def test_the_pipeline_specialises_as_its_last_stage_once(copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bundle = load_bundle(copy)
+    entries = serving_frontier(bundle, bundle.devices["flops"]).entries
+    share = 0.5 * (entries[1].cost - entries[0].cost) / (entries[-1].cost - entries[0].cost)  # the cheapest only
+    cfg = replace(pipeline("tiny"), specialise_epochs=1, specialise_share=share)
+    assert not specialised_current(copy, cfg)
+    with caplog.at_level(logging.INFO, logger="train_generator"):
+        finish(copy, cfg, rebuilt=set(), progress=False)
+    assert "stage 9/9" in caplog.text
+    assert specialised_current(copy, cfg)
+    assert not specialised_current(copy, replace(cfg, specialise_epochs=2))  # another stage: made again
+    assert load_bundle(copy).manifest["configs"]["specialise"]["epochs"] == 1
+    written = (copy / SPECIALISED_FILE).stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="train_generator"):
+        finish(copy, cfg, rebuilt=set(), progress=False)  # nothing changed: the stage is not run again
+    assert "stage 9/9" not in caplog.text and (copy / SPECIALISED_FILE).stat().st_mtime_ns == written
 
 
 @pytest.fixture()

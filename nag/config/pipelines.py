@@ -56,6 +56,11 @@ class PipelineConfig:
     refine_confirm_images: int = 5000
     refine_confirm_margin: float = 0.25
     refine_scale_children: int = 30  # re-scored at random to put all triplets on the whole split's scale
+    # Last stage (`nag.pipeline.specialise`, 0: off): every device's serving-frontier members within
+    # `specialise_share` of its range from the cheapest are fine-tuned from their slices for this many epochs
+    # and served with their own weights where they beat their slices.
+    specialise_epochs: int = 0
+    specialise_share: float = 1 / 3
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,6 +78,8 @@ class PipelineConfig:
             problems.append("refine_rounds must be >= 0 and refine_generator_steps >= 1")
         if self.refine_confirm_images < 0 or self.refine_confirm_margin < 0 or self.refine_scale_children < 0:
             problems.append("refine_confirm_images, refine_confirm_margin and refine_scale_children must be >= 0")
+        if self.specialise_epochs < 0 or not 0 < self.specialise_share <= 1:
+            problems.append("specialise_epochs must be >= 0 and specialise_share within (0, 1]")
         if not 0 <= self.refine_budget <= 10:
             problems.append("refine_budget must be within [0, 10]")
         if 0 < self.refine_confirm_images <= self.triplet_val_images:
@@ -105,7 +112,10 @@ PIPELINES: dict[str, PipelineConfig] = {
     # Refinement raised the default bundle's served test accuracy from 91.34 to 91.70% (`cpu`, 15 budgets;
     # the lookup table 91.64) and from 91.32 to 91.53% (`flops`, 10 budgets; 91.52) with 50% more images
     # passed through children; docs/bundles.md, "On-policy refinement", and docs/results.md.
-    "default": PipelineConfig(refine_rounds=3),
+    # Specialising its 27 cheap members for 3 epochs (51 minutes on 2 cores) took the served cheapest-third
+    # rows from 0.45 points under the same architectures trained alone to 0.22 above, the worst from -1.26
+    # to -0.34 (benchmarks/results/served_vs_standalone.md; docs/results.md).
+    "default": PipelineConfig(refine_rounds=3, specialise_epochs=3),
     # A few minutes end to end on 2 CPU cores, supernet included.
     "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
                            evaluator_steps=600, generator_steps=100, measure_frontier=False),

@@ -1,6 +1,6 @@
 """Specialise the cheap end of every device's serving frontier: fine-tune each member from its slice.
 
-    python -m nag.pipeline.specialise --bundle bundles/default [--epochs 2] [--share 0.3333]
+    python -m nag.pipeline.specialise --bundle bundles/default [--epochs 3] [--share 0.3333]
 
 Members costing at most `share` of the way from a device's cheapest to its best member (the cheapest
 third by default) are fine-tuned by `nag.pipeline.train_supernet --arch A --specialise-from supernet.pt`:
@@ -8,12 +8,15 @@ from their slices, distilling from the supernet's biggest child with the labels,
 (one thread each), resumable (finished runs in `--work` are kept; the teacher's predictions are computed
 once). Each is then BN-calibrated on all of the bundle's calibration images and kept only where it beats
 its slice on the validation split. The kept children go into `specialised.{json,npz}` and the manifest is
-sealed again; the server sends them in place of their slices, and says so.
+sealed again, the manifest's `configs.specialise` holding the stage's settings and command; the server
+sends them in place of their slices, and says so. `make train-generator` runs this as its last stage when
+the profile sets `specialise_epochs` (the default profile: 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -23,9 +26,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nag.bundle.bundle import SUPERNET_FILE, Bundle, load_bundle, write_manifest
+from nag.artifacts import file_sha256
+from nag.bundle.bundle import SUPERNET_FILE, SUPERNET_SUMMARY_FILE, Bundle, load_bundle, write_manifest
 from nag.bundle.specialised import SpecialisedChild, SpecialisedSet, specialised_inputs, write_specialised
-from nag.config import SupernetTrainConfig
+from nag.config import SupernetTrainConfig, pipeline
 from nag.data import load_splits
 from nag.data.datasets import ImageSet
 from nag.errors import NagError
@@ -34,15 +38,17 @@ from nag.export.evaluate import onnx_predictions
 from nag.pipeline.training_runs import TrainingRun, run_all
 from nag.policy.frontier import serving_frontier
 from nag.policy.materialize import load_bn_stats
+from nag.space import count_macs
 from nag.space.arch import Architecture
 from nag.supernet.io import load_supernet
 from nag.supernet.static import calibrate_bn, extract_child
 
 log = logging.getLogger("specialise")
-DEFAULT_EPOCHS = 2
+# The default profile's stage (`nag.config.pipelines`).
+DEFAULT_EPOCHS = pipeline("default").specialise_epochs
+DEFAULT_SHARE = pipeline("default").specialise_share
 DEFAULT_LR = 0.05
 DEFAULT_WARMUP_STEPS = 50
-DEFAULT_SHARE = 1 / 3
 BN_BATCH = 250
 
 
@@ -69,6 +75,14 @@ def slice_bn(bundle: Bundle, arch: Architecture) -> dict | None:
     return None
 
 
+def train_seconds(run: Path) -> float | None:
+    """The training seconds the run's summary records (of its last part, for a run that was resumed)."""
+    try:
+        return float(json.loads((run / SUPERNET_SUMMARY_FILE).read_text())["train_seconds_this_run"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def val_accuracy(model: torch.nn.Module, val: ImageSet) -> float:
     predictions = onnx_predictions(build_onnx(model).SerializeToString(), val)
     return 100.0 * float((predictions == val.labels.numpy()).mean())
@@ -91,17 +105,22 @@ def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAU
             raise NagError(f"{unknown} are not among the cheap serving-frontier members ({len(archs)} within "
                            f"{share:.0%} of each device's range)")
         archs = [a for a in archs if a.arch_id in members]
-    work = work or bundle.root.parent / f".{bundle.root.name}-specialise"
     supernet = (bundle.root / SUPERNET_FILE).resolve()
+    # Runs are reused only from the same supernet and settings (their folder and names say which).
+    work = (work or bundle.root.parent / f".{bundle.root.name}-specialise") / file_sha256(supernet)[:16]
     log.info("specialising %d cheap members (within %.0f%% of each device's range) for %d epochs in %s",
              len(archs), 100 * share, epochs, work)
     args = ("--profile", cfg.profile, "--epochs", str(epochs), "--lr", str(lr), "--warmup-steps", str(warmup_steps),
             "--specialise-from", str(supernet), "--teacher-targets", str(work.resolve() / "teacher_targets.pt"))
     data = ("--data-kind", cfg.data.kind, "--data-root", cfg.data.root)
-    runs = {a.arch_id: TrainingRun(f"{a.arch_id}-e{epochs}", (*args, "--arch", a.to_json())) for a in archs}
-    # The first run computes the teacher's predictions that the others read.
+    runs = {a.arch_id: TrainingRun(f"{a.arch_id}-e{epochs}-lr{lr:g}-w{warmup_steps}", (*args, "--arch", a.to_json()))
+            for a in archs}
     status = {}
-    for batch in (list(runs.values())[:1], list(runs.values())[1:]):
+    # The cheapest run first, alone: it computes the teacher's predictions that the others read. Then the
+    # dearest (by MACs) first, so the last runs going are short and the slots finish together (the committed
+    # bundle's 27 run times replayed on two slots: 2,930 s in that order, 3,077 s cheapest first).
+    first, rest = archs[:1], sorted(archs[1:], key=lambda a: -count_macs(a, bundle.space))
+    for batch in ([runs[a.arch_id] for a in first], [runs[a.arch_id] for a in rest]):
         status.update(run_all(batch, work, parallel, threads, device, None, data))
     failed = [name for name, s in status.items() if s["status"] not in ("finished", "done before")]
     if failed:
@@ -132,15 +151,21 @@ def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAU
                 "from_supernet": from_supernet, "epochs": epochs, "lr": lr, "warmup_steps": warmup_steps,
                 "label_weight": cfg.student_label_weight, "calibration_images": len(calibration),
                 "slice_val_acc": round(slice_acc, 2), "specialised_val_acc": round(tuned_acc, 2),
-                "train_seconds": status[runs[arch.arch_id].name].get("wall_s")})
+                "train_seconds": train_seconds(work / runs[arch.arch_id].name)})
+    reused = sum(s["status"] == "done before" for s in status.values())
     result = SpecialisedSet(children, specialised_inputs(bundle.manifest["files"]), {
         "candidates": len(archs), "kept": len(children), "share": share, "epochs": epochs, "lr": lr,
-        "seconds": round(time.perf_counter() - started, 1),
+        "seconds": round(time.perf_counter() - started, 1), "runs_reused": reused,
         "mean_val_gain": round(float(np.mean([c.info["specialised_val_acc"] - c.info["slice_val_acc"]
                                               for c in children.values()])), 2) if children else 0.0})
     write_specialised(bundle.root, result)
     m = bundle.manifest
-    write_manifest(bundle.root, m["name"], bundle.space, m["default_device"], m["configs"], m["metrics"])
+    stage = {"epochs": epochs, "share": share, "lr": lr, "warmup_steps": warmup_steps, "members": sorted(members),
+             "command": "python -m nag.pipeline.specialise --bundle B " + " ".join(
+                 [f"--epochs {epochs} --share {share!r} --lr {lr!r} --warmup-steps {warmup_steps}",
+                  *(f"--member {a}" for a in sorted(members))])}
+    write_manifest(bundle.root, m["name"], bundle.space, m["default_device"], {**m["configs"], "specialise": stage},
+                   m["metrics"])
     return result
 
 
@@ -152,8 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup-steps", type=int, default=DEFAULT_WARMUP_STEPS)
     p.add_argument("--share", type=float, default=DEFAULT_SHARE,
                    help="members within this share of each device's range from its cheapest are specialised")
-    p.add_argument("--member", action="append", default=[], help="only this member's architecture id (repeatable)")
-    p.add_argument("--work", type=Path, help="folder of the runs (default: .<bundle>-specialise beside it)")
+    p.add_argument("--member", action="append", default=[],
+                   help="only this member's architecture id (repeatable); the bundle then holds only these specialised")
+    p.add_argument("--work", type=Path, help="folder of the runs (default: .<bundle>-specialise beside it); they "
+                   "go in a subfolder named by the supernet's hash")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu", help="where the runs train (cpu or cuda)")
@@ -167,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    reused = f", {result.stats['runs_reused']} finished runs reused" if result.stats["runs_reused"] else ""
     print(f"{args.bundle}: {result.stats['kept']} of {result.stats['candidates']} cheap members specialised "
-          f"(mean validation gain {result.stats['mean_val_gain']:+.2f} points) in {result.stats['seconds']:.0f} s")
+          f"(mean validation gain {result.stats['mean_val_gain']:+.2f} points) in {result.stats['seconds']:.0f} s"
+          f"{reused}")
     return 0
 
 

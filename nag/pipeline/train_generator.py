@@ -7,7 +7,8 @@ profile), device profiles and latency predictors, triplets (resumable), then the
 and per device the evaluator and the generator; then `manifest.json` with hashes and metrics; then
 on-policy refinement when the profile asks for it (`nag.pipeline.refine`); then the serving frontier
 of every device this machine can measure (`measure_frontier`); finally every device's serving frontier
-materialized with its members' BN statistics (`materialize_frontier`), sealed again.
+materialized with its members' BN statistics (`materialize_frontier`), sealed again; and when the profile
+asks for it (`specialise_epochs`), the cheap members fine-tuned from their slices (`nag.pipeline.specialise`).
 """
 
 from __future__ import annotations
@@ -37,11 +38,13 @@ from nag.bundle.bundle import (
     SUPERNET_LOG_FILE,
     SUPERNET_SUMMARY_FILE,
     TRIPLETS_FILE,
+    load_bundle,
     read_manifest,
     save_evaluator,
     save_generator,
     write_manifest,
 )
+from nag.bundle.specialised import read_specialised, specialised_inputs
 from nag.config import PipelineConfig, pipeline
 from nag.config import profile as supernet_profile
 from nag.cost.device import DeviceProfile, packaged_profile
@@ -59,6 +62,7 @@ from nag.pipeline.collect_triplets import collect
 from nag.pipeline.materialize_frontier import materialize
 from nag.pipeline.measure_frontier import measurable_here, measure_frontier
 from nag.pipeline.refine import refine
+from nag.pipeline.specialise import cheap_members, specialise
 from nag.pipeline.train_supernet import train as train_supernet
 from nag.pnag.accuracy import AccuracyPredictor
 from nag.pnag.budgets import even_budgets
@@ -74,7 +78,7 @@ log = logging.getLogger("train_generator")
 def ensure_supernet(bundle: Path, profile: str, run: Path) -> None:
     if (bundle / SUPERNET_FILE).is_file():
         return
-    log.info("stage 1/8: training the %s supernet in %s", profile, run)
+    log.info("stage 1/9: training the %s supernet in %s", profile, run)
     if train_supernet(supernet_profile(profile), run, resume=True) != 0:
         raise NagError(f"supernet training stopped before the end; continue with the same command ({run} holds "
                        "its checkpoint)")
@@ -91,7 +95,7 @@ def ensure_devices(bundle: Path, cfg: PipelineConfig, space: Any) -> None:
         kind = (profile or DeviceProfile.load(folder / PROFILE_FILE)).device_kind
         if (folder / PROFILE_FILE).is_file() and (not kind.measured or (folder / PREDICTOR_FILE).is_file()):
             continue
-        log.info("stage 2/8: profiling device %s (%d architectures)", name, cfg.profile_archs)
+        log.info("stage 2/9: profiling device %s (%d architectures)", name, cfg.profile_archs)
         profile_device(bundle, space, profile or packaged_profile(name), num_archs=cfg.profile_archs, seed=cfg.seed)
 
 
@@ -100,7 +104,7 @@ def ensure_triplets(bundle: Path, cfg: PipelineConfig) -> bool:
     path = bundle / TRIPLETS_FILE
     if path.is_file() and len(read_triplets(path)) >= cfg.triplets:
         return False
-    log.info("stage 3/8: collecting %d triplets", cfg.triplets)
+    log.info("stage 3/9: collecting %d triplets", cfg.triplets)
     collect(bundle, cfg.triplets, cfg.triplet_val_images, cfg.triplet_calib_images)
     return True
 
@@ -126,7 +130,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
     enc = encoder.encode_archs(archs)
     acc = torch.tensor([t.val_acc for t in triplets], dtype=torch.float64)
     if collected or retrain or not (bundle / ACCURACY_FILE).is_file():
-        log.info("stage 4/8: accuracy predictor on %d triplets", len(triplets))
+        log.info("stage 4/9: accuracy predictor on %d triplets", len(triplets))
         accuracy = AccuracyPredictor.fit(enc, acc.numpy(), seed=cfg.seed)
         atomic_write_bytes(bundle / ACCURACY_FILE, json.dumps(accuracy.to_dict()).encode())
     else:  # refitted, it would differ in the last bits on another machine and break the manifest's hash
@@ -140,7 +144,7 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             # Costed by the device's current predictor (the triplets' stored costs may predate a re-profile).
             cost = torch.tensor(device.predict(archs), dtype=torch.float64)
             budgets = even_budgets(float(cost.min()), float(cost.max()), cfg.num_budgets)
-            log.info("stage 5/8: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
+            log.info("stage 5/9: device %s: evaluator and generator over %d budgets %.3g-%.3g %s", name,
                      len(budgets), budgets[0], budgets[-1], device.unit)
             ecfg = cfg.evaluator_config()
             evaluator, ereport = train_evaluator(enc, cost, acc, budgets, ecfg, progress)
@@ -169,23 +173,27 @@ def build(bundle: Path, cfg: PipelineConfig, retrain: bool = False, run_dir: Pat
             timings["triplets"] < 1.0 and not retrain:
         return finish(bundle, cfg, rebuilt=set(), progress=progress)  # nothing else to build
     metrics["build_seconds"] = timings
-    old = {}
+    old, old_configs = {}, {}
     if manifest_path.is_file():
-        old = read_manifest(bundle, verify=False)["metrics"]
+        previous = read_manifest(bundle, verify=False)
+        old, old_configs = previous["metrics"], previous["configs"]
     merged = {**old, **metrics, "devices": {**old.get("devices", {}), **metrics["devices"]}}
     summary = bundle / SUPERNET_SUMMARY_FILE
     supernet_summary = json.loads(summary.read_text()) if summary.is_file() else {}
+    # Configs of later stages (the specialise stage's) stay: `finish` decides whether they still hold.
     write_manifest(bundle, bundle.name, space, cfg.default_device,
-                   {"pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
+                   {**old_configs, "pipeline": cfg.to_dict(), "supernet": trained.meta.get("config", {})},
                    {**merged, "supernet": supernet_summary})
     return finish(bundle, cfg, rebuilt=set(metrics["devices"]), progress=progress)
 
 
 def finish(bundle: Path, cfg: PipelineConfig, rebuilt: set[str], progress: bool = True) -> dict[str, Any]:
     """The stages after the manifest: on-policy refinement (when the profile asks for it, and the
-    generators were just rebuilt or never refined), then the measured serving frontiers."""
+    generators were just rebuilt or never refined), the measured serving frontiers, the materialized
+    frontiers, then (when the profile asks for it and what the bundle holds is not current) the specialised
+    cheap members."""
     if cfg.refine_rounds > 0 and (rebuilt or "refinement" not in read_manifest(bundle)["metrics"]):
-        log.info("stage 6/8: on-policy refinement, up to %d rounds", cfg.refine_rounds)
+        log.info("stage 6/9: on-policy refinement, up to %d rounds", cfg.refine_rounds)
         report = refine(bundle, cfg, progress)
         rebuilt = rebuilt | {r["device"] for r in report["rounds"]}
         log.info("refinement: %d rounds, %d new children, %d re-scored, %.2f M images (cap %.2f M); stopped: %s",
@@ -194,19 +202,40 @@ def finish(bundle: Path, cfg: PipelineConfig, rebuilt: set[str], progress: bool 
     measure_frontiers(bundle, cfg, rebuilt)
     written = materialize(bundle)
     for name, members in written.items():
-        log.info("stage 8/8: device %s: %d serving frontier members stored with their BN statistics", name, members)
+        log.info("stage 8/9: device %s: %d serving frontier members stored with their BN statistics", name, members)
+    if cfg.specialise_epochs > 0 and (rebuilt or not specialised_current(bundle, cfg)):
+        log.info("stage 9/9: specialising the cheap serving-frontier members, %d epochs each", cfg.specialise_epochs)
+        made = specialise(bundle, epochs=cfg.specialise_epochs, share=cfg.specialise_share)
+        log.info("%d of %d cheap members specialised in %.0f s", made.stats["kept"], made.stats["candidates"],
+                 made.stats["seconds"])
     return read_manifest(bundle)
 
 
+def specialised_current(bundle: Path, cfg: PipelineConfig) -> bool:
+    """Whether `bundle` holds specialised children made by the stage `cfg` asks for (its epochs and share, all
+    cheap members) from the supernet and the cheap serving-frontier members it holds now."""
+    try:
+        loaded = load_bundle(bundle)
+        found = read_specialised(bundle, loaded.space)
+    except NagError:
+        return False
+    stage = loaded.manifest["configs"].get("specialise", {})
+    if found is None or found.inputs != specialised_inputs(loaded.manifest["files"]) or stage.get("members") or \
+            stage.get("epochs") != cfg.specialise_epochs or stage.get("share") != cfg.specialise_share:
+        return False
+    cheap = {a.arch_id for a in cheap_members(loaded, cfg.specialise_share)}
+    return found.stats.get("candidates") == len(cheap) and set(found.children) <= cheap
+
+
 def measure_frontiers(bundle: Path, cfg: PipelineConfig, rebuilt: set[str]) -> dict[str, Any]:
-    """Last stage (unless the profile skips it): measure the serving frontier of every device this machine
+    """Stage 7 (unless the profile skips it): measure the serving frontier of every device this machine
     can run (`measure_frontier`), afresh for a device whose generator was just rebuilt; the manifest is
     sealed again after each."""
     for name in read_manifest(bundle)["devices"] if cfg.measure_frontier else []:
         path = device_dir(bundle, name) / SERVING_MEASUREMENTS_FILE
         if not measurable_here(bundle, name) or (path.is_file() and name not in rebuilt):
             continue
-        log.info("stage 7/8: measuring the serving frontier of device %s", name)
+        log.info("stage 7/9: measuring the serving frontier of device %s", name)
         r = measure_frontier(bundle, name, fresh=name in rebuilt)
         log.info("device %s: %d front members measured (%d children, %d rounds)", name, r.members, r.measured,
                  r.rounds)
@@ -221,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-dir", type=Path, help="where the supernet trains and checkpoints (default: runs/<profile>)")
     p.add_argument("--threads", type=int)
     p.add_argument("--refine-rounds", type=int, help="on-policy refinement rounds (default: the profile's; 0: off)")
+    p.add_argument("--specialise-epochs", type=int,
+                   help="epochs of the last stage, specialising the cheap frontier members (default: the profile's; "
+                        "0: off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:
@@ -231,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = pipeline(args.profile)
         if args.refine_rounds is not None:
             cfg = replace(cfg, refine_rounds=args.refine_rounds)
+        if args.specialise_epochs is not None:
+            cfg = replace(cfg, specialise_epochs=args.specialise_epochs)
         manifest = build(bundle, cfg, args.retrain, args.run_dir)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)

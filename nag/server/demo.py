@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                       "machine before the reply\n" if device.local
                                                                       else "\n"))
         print(f"| budget ({unit}) | predicted ({unit}, profile speed) | measured now ({unit}) | MMACs | params | "
-              f"predicted val acc | ONNX Runtime test acc | model kB | request ms | architecture |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              f"predicted val acc | ONNX Runtime test acc | model kB | request ms | architecture | weights |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for budget, r, acc in rows:
             measured = f"{r.measured_latency_ms:.4g}" if r.latency_verified else "-"
             if r.verification_steps:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {budget:.4g} | {r.predicted_cost:.4g} | {measured} | {r.macs / 1e6:.2f} | "
                   f"{r.params / 1e3:.0f}k | "
                   f"{r.predicted_accuracy:.2f}% | {acc:.2f}% | {len(r.onnx_model) / 1e3:.0f} | "
-                  f"{r.timings.total_ms:.0f} | {r.architecture_id} |")
+                  f"{r.timings.total_ms:.0f} | {r.architecture_id} | {r.model_kind or 'slice'} |")
     finally:
         running.stop(5)
     print("\nserver stopped")
