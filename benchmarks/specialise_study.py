@@ -73,9 +73,7 @@ def main(argv: list[str] | None = None) -> int:
              "--teacher-targets", str(args.work.resolve() / "teacher_targets.pt")))
             for e in epochs_list for c in children}
         # The first run computes the teacher's predictions that the others read.
-        ordered = list(runs.values())
-        status = {**run_all(ordered[:1], args.work, 1, args.threads),
-                  **run_all(ordered[1:], args.work, args.parallel, args.threads)}
+        status = run_all(list(runs.values()), args.work, args.parallel, args.threads, first_alone=True)
     except NagError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -115,13 +115,11 @@ def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAU
     data = ("--data-kind", cfg.data.kind, "--data-root", cfg.data.root)
     runs = {a.arch_id: TrainingRun(f"{a.arch_id}-e{epochs}-lr{lr:g}-w{warmup_steps}", (*args, "--arch", a.to_json()))
             for a in archs}
-    status = {}
     # The cheapest run first, alone: it computes the teacher's predictions that the others read. Then the
     # dearest (by MACs) first, so the last runs going are short and the slots finish together (the committed
     # bundle's 27 run times replayed on two slots: 2,930 s in that order, 3,077 s cheapest first).
-    first, rest = archs[:1], sorted(archs[1:], key=lambda a: -count_macs(a, bundle.space))
-    for batch in ([runs[a.arch_id] for a in first], [runs[a.arch_id] for a in rest]):
-        status.update(run_all(batch, work, parallel, threads, device, None, data))
+    order = archs[:1] + sorted(archs[1:], key=lambda a: -count_macs(a, bundle.space))
+    status = run_all([runs[a.arch_id] for a in order], work, parallel, threads, device, None, data, first_alone=True)
     failed = [name for name, s in status.items() if s["status"] not in ("finished", "done before")]
     if failed:
         raise NagError(f"specialisation runs did not finish: {failed}; see their logs in {work} and run again")

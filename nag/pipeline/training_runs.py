@@ -29,10 +29,13 @@ def finished(folder: Path) -> bool:
 
 
 def run_all(runs: list[TrainingRun], work: Path, parallel: int = 2, threads: int = 1, device: str = "cpu",
-            deadline_s: float | None = None, extra: tuple[str, ...] = ()) -> dict[str, dict[str, object]]:
-    """Run every unfinished run, `parallel` at a time; returns per run its status and wall seconds."""
+            deadline_s: float | None = None, extra: tuple[str, ...] = (),
+            first_alone: bool = False) -> dict[str, dict[str, object]]:
+    """Run every unfinished run, `parallel` at a time (the first of `runs` alone when `first_alone` and it is
+    unfinished: it writes what the others read); returns per run its status and wall seconds."""
     work.mkdir(parents=True, exist_ok=True)
     pending = [r for r in runs if not finished(work / r.name)]
+    lead = runs[0].name if first_alone and runs and runs[0] in pending else None
     status: dict[str, dict[str, object]] = {r.name: {"status": "done before"} for r in runs if r not in pending}
     active: dict[str, tuple[subprocess.Popen[bytes], float]] = {}
     started = time.monotonic()
@@ -44,7 +47,8 @@ def run_all(runs: list[TrainingRun], work: Path, parallel: int = 2, threads: int
             print(f"deadline of {deadline_s:.0f} s: stopping {sorted(active)}", flush=True)
             for proc, _ in active.values():
                 proc.send_signal(signal.SIGTERM)
-        while pending and len(active) < parallel and not stopping:
+        while pending and len(active) < (1 if lead in active or pending[0].name == lead else parallel) \
+                and not stopping:
             run = pending.pop(0)
             folder = work / run.name
             folder.mkdir(parents=True, exist_ok=True)
