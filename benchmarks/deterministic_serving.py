@@ -54,8 +54,12 @@ class Server:
         self.proc = subprocess.Popen([sys.executable, "-m", "nag.cli", "serve", "--bundle", bundle, "--port",
                                       str(self.port), "--metrics-port", "-1"], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        with channel(f"127.0.0.1:{self.port}") as ch:
-            wait_until_serving(ch, 300, alive=lambda: self.proc.poll() is None)
+        try:
+            with channel(f"127.0.0.1:{self.port}") as ch:
+                wait_until_serving(ch, 300, alive=lambda: self.proc.poll() is None)
+        except BaseException:
+            self.stop()  # a server that never became SERVING is not left running
+            raise
         self.ready_s = time.perf_counter() - started
 
     def stop(self) -> None:

@@ -110,6 +110,14 @@ def test_the_pipeline_specialises_as_its_last_stage_once(copy: Path, caplog: pyt
     assert "stage 9/9" not in caplog.text and (copy / SPECIALISED_FILE).stat().st_mtime_ns == written
 
 
+def test_the_committed_bundle_holds_the_default_profiles_stage() -> None:
+    # Otherwise `make demo`, which finishes the committed bundle with the default profile, would start a
+    # specialise stage of half an hour before serving.
+    committed = Path(__file__).resolve().parents[1] / "bundles" / "default"
+    assert specialised_current(committed, pipeline("default"))
+    assert not specialised_current(committed, replace(pipeline("default"), specialise_epochs=3))
+
+
 @pytest.fixture()
 def specialised_server(copy: Path) -> Iterator[tuple[RunningServer, SpecialisedChild]]:
     """The tiny bundle with its cheapest frontier member specialised by hand (its slice with a doubled

@@ -60,7 +60,7 @@ class PipelineConfig:
     # `specialise_share` of its range from the cheapest are fine-tuned from their slices for this many epochs
     # and served with their own weights where they beat their slices.
     specialise_epochs: int = 0
-    specialise_share: float = 1 / 3
+    specialise_share: float = 0.4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -112,10 +112,11 @@ PIPELINES: dict[str, PipelineConfig] = {
     # Refinement raised the default bundle's served test accuracy from 91.34 to 91.70% (`cpu`, 15 budgets;
     # the lookup table 91.64) and from 91.32 to 91.53% (`flops`, 10 budgets; 91.52) with 50% more images
     # passed through children; docs/bundles.md, "On-policy refinement", and docs/results.md.
-    # Specialising its 27 cheap members for 3 epochs (51 minutes on 2 cores) took the served cheapest-third
-    # rows from 0.45 points under the same architectures trained alone to 0.22 above, the worst from -1.26
-    # to -0.34 (benchmarks/results/served_vs_standalone.md; docs/results.md).
-    "default": PipelineConfig(refine_rounds=3, specialise_epochs=3),
+    # Specialising its 28 members in the cheapest 40% of each range for 2 epochs (35.2 minutes on 2 cores)
+    # took the served cheapest-third rows from 0.45 points under the same architectures trained alone to 0.23
+    # above, the worst from -1.26 to -0.31, and the 7.13-MMAC member just above from -0.79 to -0.50; 3 epochs
+    # gave the cheap rows +0.22 in 51 minutes (benchmarks/results/served_vs_standalone.md; docs/results.md).
+    "default": PipelineConfig(refine_rounds=3, specialise_epochs=2),
     # A few minutes end to end on 2 CPU cores, supernet included.
     "demo": PipelineConfig(profile="demo", profile_archs=60, triplets=150, triplet_val_images=500,
                            evaluator_steps=600, generator_steps=100, measure_frontier=False),

@@ -1,16 +1,16 @@
 """Specialise the cheap end of every device's serving frontier: fine-tune each member from its slice.
 
-    python -m nag.pipeline.specialise --bundle bundles/default [--epochs 3] [--share 0.3333]
+    python -m nag.pipeline.specialise --bundle bundles/default [--epochs 2] [--share 0.4]
 
 Members costing at most `share` of the way from a device's cheapest to its best member (the cheapest
-third by default) are fine-tuned by `nag.pipeline.train_supernet --arch A --specialise-from supernet.pt`:
+40% by default) are fine-tuned by `nag.pipeline.train_supernet --arch A --specialise-from supernet.pt`:
 from their slices, distilling from the supernet's biggest child with the labels, `parallel` runs at a time
 (one thread each), resumable (finished runs in `--work` are kept; the teacher's predictions are computed
 once). Each is then BN-calibrated on all of the bundle's calibration images and kept only where it beats
 its slice on the validation split. The kept children go into `specialised.{json,npz}` and the manifest is
 sealed again, the manifest's `configs.specialise` holding the stage's settings and command; the server
 sends them in place of their slices, and says so. `make train-generator` runs this as its last stage when
-the profile sets `specialise_epochs` (the default profile: 3).
+the profile sets `specialise_epochs` (the default profile: 2).
 """
 
 from __future__ import annotations
