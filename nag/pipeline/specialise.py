@@ -66,13 +66,14 @@ def cheap_members(bundle: Bundle, share: float = DEFAULT_SHARE) -> list[Architec
     return [arch for _, arch in sorted(chosen.values(), key=lambda item: item[0])]
 
 
-def slice_bn(bundle: Bundle, arch: Architecture) -> dict | None:
-    """The BN statistics a device's stored frontier holds for `arch`, if any."""
+def stored_bn(bundle: Bundle) -> dict[str, dict]:
+    """Per architecture id, the BN statistics the first device's stored frontier holds for it."""
+    found: dict[str, dict] = {}
     for models in bundle.devices.values():
         for e in serving_frontier(bundle, models).entries:
-            if e.arch.arch_id == arch.arch_id and e.bn is not None:
-                return e.bn
-    return None
+            if e.bn is not None:
+                found.setdefault(e.arch.arch_id, e.bn)
+    return found
 
 
 def train_seconds(run: Path) -> float | None:
@@ -126,11 +127,12 @@ def specialise(root: str | Path, epochs: int = DEFAULT_EPOCHS, lr: float = DEFAU
     splits = load_splits(cfg.data, cfg.val_size, cfg.seed, bundle.space.input.size, bundle.space.input.channels)
     calibration = bundle.trained.calibration_float
     from_supernet = bundle.manifest["files"][SUPERNET_FILE]
+    slice_stats = stored_bn(bundle)
     children: dict[str, SpecialisedChild] = {}
     for i, arch in enumerate(archs, 1):
         with torch.no_grad():
             sliced = extract_child(bundle.trained.supernet, arch)
-        stored = slice_bn(bundle, arch)
+        stored = slice_stats.get(arch.arch_id)
         if stored is not None:
             load_bn_stats(sliced, stored)
         else:
